@@ -1,0 +1,7 @@
+"""tlsguard: verified TLS for MicroPython devices (SecureContext, pins, diagnoses)."""
+from tlsguard.context import SecureContext, TLSSocket, connect
+from tlsguard.errors import TLSError
+from tlsguard.pins import PinSet, spki_pin
+from tlsguard.x509 import Certificate
+
+__version__ = "0.1.0"

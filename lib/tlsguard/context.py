@@ -1,0 +1,304 @@
+"""SecureContext: a drop-in client `ssl.SSLContext`. mbedTLS verifies the chain; the verify
+callback records the chain and enforces SPKI pins; every failure becomes a TLSError."""
+import io
+import select
+import socket
+
+from tlsguard import platform
+from tlsguard.diagnose import diagnose
+from tlsguard.errors import TLSError
+from tlsguard.pins import Pins, spki_digest
+from tlsguard.x509 import Certificate
+
+tls = platform.tls
+MODES = ("verify", "pin_only", "insecure")
+# MBEDTLS_ERR_X509_FATAL_ERROR: unlike a verify failure, CERT_OPTIONAL does not swallow it, so a
+# pin veto ends the handshake in every mode.
+_ABORT = -0x3000
+_POLL = 3
+_GOOD_VERSIONS = ("TLSv1.2", "TLSv1.3")
+
+
+def pem_blocks(data):
+    """DER bytes of each PEM block in `data` (bytes or str), or [data] if it is DER already."""
+    if isinstance(data, str):
+        data = data.encode()
+    data = bytes(data)
+    if b"-----BEGIN" not in data:
+        return [data]
+    import binascii
+    out = []
+    for part in data.split(b"-----BEGIN")[1:]:
+        body = part.split(b"-----", 1)[1].split(b"-----END", 1)[0]
+        out.append(binascii.a2b_base64(body.replace(b"\n", b"").replace(b"\r", b"")))
+    return out
+
+
+def _as_mbedtls(data):
+    """PEM must reach mbedTLS as str (NUL-terminated); DER as bytes."""
+    if isinstance(data, (bytes, bytearray)) and bytes(data[:10]) == b"-----BEGIN":
+        return bytes(data).decode()
+    return data
+
+
+class _Handshake:
+    """What the verify callback saw during one handshake (top of the chain first)."""
+
+    def __init__(self, host, pinset):
+        self.host = host
+        self.pinset = pinset
+        self.pin_ok = pinset is None
+        self.chain = []
+        self.failure = None
+
+    def callback(self, cert, depth):
+        # Runs inside mbedTLS: nothing may escape, a non-zero return aborts the handshake.
+        try:
+            raw = bytes(cert)
+            self.chain.append((depth, raw))
+            if not self.pin_ok:
+                try:
+                    self.pin_ok = self.pinset.matches(spki_digest(Certificate(raw).spki))
+                except ValueError:
+                    pass
+                if depth == 0 and not self.pin_ok:
+                    self.failure = self._pin_error()
+                    return _ABORT
+            return 0
+        except Exception as e:  # noqa: BLE001 - must not unwind through mbedTLS
+            self.failure = TLSError("handshake_failed", "verify callback error: %r" % e, self.host, depth)
+            return _ABORT
+
+    def _pin_error(self):
+        from tlsguard.pins import PREFIX
+        import binascii
+        seen = []
+        for depth, raw in self.chain:
+            try:
+                d = spki_digest(Certificate(raw).spki)
+                seen.append("depth %d %s%s" % (depth, PREFIX, binascii.b2a_base64(d).decode().strip()))
+            except ValueError:
+                seen.append("depth %d unreadable" % depth)
+        return TLSError("pin_mismatch", "no certificate in the chain matches the pins (chain: %s)"
+                        % "; ".join(seen), self.host)
+
+    def leaf(self):
+        for depth, raw in self.chain:
+            if depth == 0:
+                return raw
+        return None
+
+
+class SecureContext:
+    """mode: "verify" (CA chain + hostname, plus pins where given), "pin_only" (the pin is the
+    trust decision, for private servers without a CA), "insecure" (no authentication; tests only).
+    cadata: DER or PEM of one or more CA certificates. identity: (cert_chain, key) for mutual TLS.
+    pins: {"host" or "*.domain": [pins] or PinSet}."""
+
+    def __init__(self, cadata=None, trust=None, pins=None, mode="verify", identity=None):
+        if mode not in MODES:
+            raise ValueError("mode must be one of %s" % (MODES,))
+        if not platform.CAN_VERIFY and mode != "insecure":
+            raise TLSError("unsupported", "%s with %s cannot verify certificates"
+                           % (platform.PORT, platform.TLS_BACKEND))
+        self.mode = mode
+        self.trust = trust
+        self.pins = pins if isinstance(pins, Pins) else Pins(pins)
+        self.anchors = []
+        if cadata:
+            items = cadata if isinstance(cadata, (list, tuple)) else [cadata]
+            for item in items:
+                for der in pem_blocks(item):
+                    try:
+                        Certificate(der)
+                    except ValueError as e:
+                        raise TLSError("bad_certificate", "cadata: %s" % e)
+                    self.anchors.append(der)
+        self.identity = None
+        if identity:
+            cert, key = identity
+            self.identity = (_as_mbedtls(cert), _as_mbedtls(key))
+        self._idle = None  # one mbedTLS context kept for reuse between handshakes
+        self.last_handshake = None
+
+    def _new_tls(self):
+        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        if self.mode == "verify":
+            ctx.verify_mode = tls.CERT_REQUIRED
+            for der in self.anchors:
+                ctx.load_verify_locations(der)
+        elif self.mode == "pin_only":
+            ctx.verify_mode = tls.CERT_OPTIONAL
+        else:
+            ctx.verify_mode = tls.CERT_NONE
+        if self.identity:
+            try:
+                ctx.load_cert_chain(self.identity[0], self.identity[1])
+            except (ValueError, OSError) as e:
+                raise TLSError("bad_certificate", "identity (client certificate/key) rejected: %s" % e)
+        return ctx
+
+    def _take_tls(self):
+        ctx, self._idle = self._idle, None
+        return ctx or self._new_tls()
+
+    def _release_tls(self, ctx):
+        if self._idle is None:
+            self._idle = ctx
+
+    def _pinset(self, host):
+        ps = self.pins.for_host(host)
+        if ps is None:
+            return None
+        if self.mode == "pin_only" or ps.enforced(platform.now()):
+            return ps
+        return None
+
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None):
+        if server_side:
+            raise ValueError("SecureContext is client-side only")
+        if self.mode == "insecure":
+            print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % server_hostname)
+        elif not server_hostname:
+            raise ValueError("server_hostname is required: it is what the certificate is checked against")
+        pinset = self._pinset(server_hostname)
+        if self.mode == "pin_only" and pinset is None:
+            raise ValueError("pin_only mode needs a pin set for %r" % server_hostname)
+        hs = _Handshake(server_hostname, pinset)
+        ctx = self._take_tls()
+        ctx.verify_callback = hs.callback if self.mode != "insecure" else None
+        try:
+            raw = ctx.wrap_socket(sock, server_hostname=server_hostname,
+                                  do_handshake_on_connect=do_handshake_on_connect)
+        except Exception as e:  # noqa: BLE001 - every failure is diagnosed
+            self._release_tls(ctx)
+            _close(sock)
+            raise self._diagnose(e, hs)
+        tsock = TLSSocket(self, ctx, hs, raw, sock)
+        if do_handshake_on_connect:
+            tsock._handshake_done()
+        return tsock
+
+    def _diagnose(self, exc, hs):
+        return diagnose(exc, hs, self.anchors)
+
+    def _verified(self, hs):
+        """Called once per successful handshake."""
+        self.last_handshake = hs
+
+
+class TLSSocket(io.IOBase):
+    """The TLS stream handed to the application: the mbedTLS socket plus diagnosis of errors
+    that surface after wrap_socket (non-blocking handshakes, as asyncio does them)."""
+
+    def __init__(self, context, tls_ctx, hs, sock, raw):
+        self._context = context
+        self._tls_ctx = tls_ctx
+        self._hs = hs
+        self._sock = sock
+        self._raw = raw
+        self._poller = None
+        self.peer_der = None
+
+    def _fail(self, exc):
+        hs = self._hs
+        if hs is None:  # handshake finished: a plain I/O error
+            raise exc
+        self._hs = None
+        self._context._release_tls(self._tls_ctx)
+        _close(self._sock)
+        raise self._context._diagnose(exc, hs)
+
+    def _handshake_done(self):
+        hs = self._hs
+        version = self._sock.cipher()[1]
+        if version not in _GOOD_VERSIONS:
+            self._hs = None
+            self._context._release_tls(self._tls_ctx)
+            _close(self._sock)
+            raise TLSError("weak_protocol", "negotiated %s; TLS 1.2 or later is required" % version, hs.host)
+        self._hs = None
+        self.peer_der = hs.leaf()
+        hs.chain = []
+        self._context._release_tls(self._tls_ctx)
+        self._context._verified(hs)
+
+    def _io(self, fn, *args):
+        try:
+            r = fn(*args)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+        if self._hs is not None and r is not None:
+            self._handshake_done()
+        return r
+
+    def read(self, n=-1):
+        return self._io(self._sock.read, n)
+
+    def readinto(self, buf, n=None):
+        return self._io(self._sock.readinto, buf) if n is None else self._io(self._sock.readinto, buf, n)
+
+    def readline(self):
+        return self._io(self._sock.readline)
+
+    def write(self, buf):
+        return self._io(self._sock.write, buf)
+
+    def setblocking(self, flag):
+        self._sock.setblocking(flag)
+
+    def close(self):
+        _close(self._sock)
+
+    def cipher(self):
+        return self._sock.cipher()
+
+    def getpeercert(self, binary_form=False):
+        if not binary_form:
+            raise NotImplementedError("only getpeercert(True) (DER) is available")
+        return self.peer_der
+
+    @property
+    def peer(self):
+        """The server's certificate (Certificate) once the handshake is done."""
+        return Certificate(self.peer_der) if self.peer_der else None
+
+    def ioctl(self, req, arg):
+        # select/poll (and so asyncio) ask the stream whether it is ready; the mbedTLS socket knows.
+        if req == _POLL:
+            if self._poller is None:
+                self._poller = select.poll()
+                self._poller.register(self._sock, arg)
+            else:
+                self._poller.modify(self._sock, arg)
+            ready = self._poller.poll(0)
+            return ready[0][1] if ready else 0
+        if req == 4:  # close
+            self.close()
+            return 0
+        return -1
+
+
+def _close(s):
+    try:
+        s.close()
+    except OSError:
+        pass
+
+
+def connect(host, port, context=None, timeout=10):
+    """Resolve, connect over TCP with a timeout, and handshake; returns the TLS socket."""
+    if context is None:
+        raise ValueError("connect() needs a context (tlsguard.SecureContext)")
+    try:
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    except OSError as e:
+        raise TLSError("network", "cannot resolve %s (%s)" % (host, e), host)
+    sock = socket.socket(ai[0], socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(ai[-1])
+    except OSError as e:
+        _close(sock)
+        raise TLSError("network", "cannot connect to %s:%d (%s)" % (host, port, e), host)
+    return context.wrap_socket(sock, server_hostname=host)

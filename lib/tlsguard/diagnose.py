@@ -1,0 +1,149 @@
+"""Turns what mbedTLS raised, plus what the verify callback saw, into a TLSError with a kind,
+the certificate depth at fault and a hint."""
+from tlsguard import platform
+from tlsguard.errors import TLSError
+from tlsguard.x509 import Certificate
+
+# mbedTLS error codes (negative) that have a kind of their own.
+_BY_CODE = {
+    -0x6E80: ("weak_protocol", "server offered no TLS version this device accepts (TLS 1.2 or later)"),
+    -0x6E00: ("handshake_failed", "handshake failure: no cipher suite or parameters in common with the server"),
+    -0x7780: ("handshake_failed", "server sent a fatal alert (it may have refused the client certificate)"),
+    -0x7280: ("handshake_failed", "server closed the connection during the handshake"),
+    -0x7880: ("handshake_failed", "server closed the connection during the handshake"),
+    -0x7700: ("handshake_failed", "unexpected handshake message: is this port speaking TLS?"),
+    -0x7300: ("handshake_failed", "could not decode the server's handshake: is this port speaking TLS?"),
+    -0x7200: ("handshake_failed", "invalid TLS record: is this port speaking TLS?"),
+    -0x7480: ("handshake_failed", "server asked for a client certificate and none was configured"),
+    -0x7600: ("handshake_failed", "a client certificate needs its private key"),
+    -0x7A00: ("bad_certificate", "server certificate rejected by mbedTLS"),
+    -0x7680: ("untrusted_root", "no trust anchors are loaded"),
+}
+
+_FLAGS = (
+    # (text mbedTLS puts in its verify report, kind), most decisive first
+    ("validity starts in the future", "not_yet_valid"),
+    ("not correctly signed by the trusted CA", "untrusted_root"),
+    ("validity has expired", "expired"),
+    ("Common Name (CN) does not match", "hostname_mismatch"),
+    ("unacceptable", "bad_certificate"),
+    ("Usage does not match", "bad_certificate"),
+    ("revoked", "bad_certificate"),
+)
+
+
+def _certs(hs):
+    """(depth, Certificate) of the chain the callback saw, leaf last; unreadable ones skipped."""
+    out = []
+    for depth, raw in hs.chain:
+        try:
+            out.append((depth, Certificate(raw)))
+        except ValueError:
+            pass
+    return out
+
+
+def _leaf(certs):
+    for depth, c in certs:
+        if depth == 0:
+            return c
+    return None
+
+
+def _expired(hs, host, certs, now):
+    for depth, c in certs:
+        if c.not_valid_after < now:
+            return TLSError("expired", "certificate '%s' expired on %s (device clock %s)"
+                            % (c.subject, platform.date(c.not_valid_after), platform.date(now)),
+                            host, depth)
+    return TLSError("expired", "a certificate in the chain has expired", host)
+
+
+def _future(hs, host, certs, now):
+    for depth, c in certs:
+        if c.not_valid_before > now:
+            return TLSError("not_yet_valid", "certificate '%s' is valid from %s, device clock says %s"
+                            % (c.subject, platform.date(c.not_valid_before), platform.date(now)),
+                            host, depth)
+    return TLSError("not_yet_valid", "a certificate in the chain is not valid yet", host)
+
+
+def _untrusted(hs, host, certs, anchors):
+    if not certs:
+        return TLSError("untrusted_root", "the chain does not lead to a trusted root", host)
+    depth, top = certs[0]
+    if top.self_issued and depth == 0:
+        return TLSError("untrusted_root", "self-signed certificate '%s' is not trusted" % top.subject,
+                        host, 0)
+    if top.self_issued:
+        return TLSError("untrusted_root", "root '%s' is not a trusted anchor" % top.subject, host, depth)
+    detail = "no trusted root for issuer '%s'" % top.issuer
+    if not top.is_ca:
+        detail += " (the server sent no intermediate: it may be missing from its chain)"
+    if not anchors:
+        detail += "; no trust anchors are loaded"
+    return TLSError("untrusted_root", detail, host, depth)
+
+
+def _hostname(hs, host, certs):
+    leaf = _leaf(certs)
+    if leaf is None:
+        return TLSError("hostname_mismatch", "certificate does not name '%s'" % host, host, 0)
+    names = leaf.dns_names + leaf.ip_addresses or [leaf.subject]
+    return TLSError("hostname_mismatch", "certificate names %s, not '%s'" % (", ".join(names), host),
+                    host, 0)
+
+
+def diagnose(exc, hs, anchors=()):
+    """The TLSError for exception `exc` raised during a handshake described by `hs`."""
+    if isinstance(exc, TLSError):
+        return exc
+    host = hs.host if hs else None
+    if hs is not None and hs.failure is not None:
+        return hs.failure
+    now = platform.now()
+    certs = _certs(hs) if hs else []
+    if isinstance(exc, ValueError):
+        text = str(exc)
+        if now < platform.RELEASE_FLOOR and ("future" in text or "expired" in text):
+            return TLSError("clock_unset", "device clock reads %s, before %s: certificate dates cannot be checked"
+                            % (platform.date(now), platform.date(platform.RELEASE_FLOOR)), host)
+        for needle, kind in _FLAGS:
+            if needle in text:
+                if kind == "expired":
+                    return _expired(hs, host, certs, now)
+                if kind == "not_yet_valid":
+                    return _future(hs, host, certs, now)
+                if kind == "untrusted_root":
+                    return _untrusted(hs, host, certs, anchors)
+                if kind == "hostname_mismatch":
+                    return _hostname(hs, host, certs)
+                return TLSError(kind, text.strip().replace("\n", "; "), host)
+        return TLSError("bad_certificate", text.strip().replace("\n", "; "), host)
+    if isinstance(exc, OSError):
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        if code == -0x7780 and hs is not None and not hs.chain:
+            # Alert before the server showed a certificate: it refused our hello (e.g. TLS versions).
+            return TLSError("handshake_failed", "server refused the handshake before sending a certificate "
+                            "(protocol version or cipher mismatch?)", host)
+        if code == -0x7680:  # MBEDTLS_ERR_SSL_CA_CHAIN_REQUIRED
+            return _untrusted(hs, host, certs, ())
+        if code in _BY_CODE:
+            kind, detail = _BY_CODE[code]
+            return TLSError(kind, detail, host)
+        if -0x3000 <= code <= -0x2000:
+            return TLSError("bad_certificate", "certificate could not be parsed (%s)" % _name(exc), host)
+        if code > 0 or -0x0060 < code < 0:
+            return TLSError("network", "socket error %s" % _name(exc), host)
+        return TLSError("handshake_failed", "mbedTLS error %s" % _name(exc), host)
+    return TLSError("handshake_failed", "%s: %s" % (type(exc).__name__, exc), host)
+
+
+def _name(exc):
+    args = exc.args
+    if len(args) > 1:
+        return "%s (%s)" % (args[1], args[0])
+    errno_names = {104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED", 113: "EHOSTUNREACH",
+                   32: "EPIPE", 103: "ECONNABORTED", 107: "ENOTCONN"}
+    code = args[0] if args else None
+    return errno_names.get(code, str(code))

@@ -1,0 +1,116 @@
+"""Real TLS peers for tests, all on 127.0.0.1 with ephemeral ports: a CPython `ssl` server thread
+and `openssl s_server`. Each serves a chosen chain; the protocol is a line echo ("echo:" + line)."""
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+
+class PyTLSServer:
+    """CPython ssl server in a thread. `versions=(min, max)` as ssl.TLSVersion values;
+    `client_ca` (PEM path) makes it require a client certificate."""
+
+    def __init__(self, certfile, keyfile, versions=None, ciphers=None, client_ca=None):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if versions:
+            ctx.minimum_version, ctx.maximum_version = versions
+        if ciphers:
+            ctx.set_ciphers(ciphers)
+        ctx.load_cert_chain(certfile, keyfile)
+        if client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(client_ca)
+        self.ctx = ctx
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = 0
+        self.errors = []
+        self.client_certs = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def reload(self, certfile, keyfile):
+        """Serve another chain from the next connection on (a server changing its certificate)."""
+        self.ctx.load_cert_chain(certfile, keyfile)
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        conn.settimeout(10)
+        try:
+            with self.ctx.wrap_socket(conn, server_side=True) as tconn:
+                self.handshakes += 1
+                peer = tconn.getpeercert(binary_form=True)
+                if peer:
+                    self.client_certs.append(peer)
+                f = tconn.makefile("rwb")
+                while True:
+                    line = f.readline()
+                    if not line:
+                        break
+                    f.write(b"echo:" + line)
+                    f.flush()
+        except (OSError, ssl.SSLError) as e:
+            self.errors.append(e)
+        finally:
+            conn.close()
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+
+
+class OpenSSLServer:
+    """`openssl s_server` in a subprocess; with `-rev` it answers each line reversed."""
+
+    def __init__(self, certfile, keyfile, chainfile=None, extra=()):
+        port = _free_port()
+        cmd = ["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", certfile,
+               "-key", keyfile, "-rev", "-quiet"]
+        if chainfile:
+            cmd += ["-cert_chain", chainfile]
+        cmd += list(extra)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        self.port = port
+        _wait_port(port, self.proc)
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _wait_port(port, proc, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited: %s" % proc.stdout.read().decode(errors="replace"))
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server on port %d did not start" % port)
