@@ -19,7 +19,9 @@ pkill -x chronyd 2>/dev/null || true
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1
+  if ! .venv/bin/pip install -q -e '.[dev]' >.venv/pip.log 2>&1; then
+    grep -v '^WARNING: Location' .venv/pip.log; exit 1
+  fi
   touch "$stamp"
 fi

@@ -1,0 +1,1 @@
+"""tlsguard host tools (CPython): trust bundles, pins, a private CA, flashing boards."""
