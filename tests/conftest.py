@@ -107,7 +107,7 @@ def openssl_serve(tmp_path):
 
     def start(issued, extra=()):
         crt, key = issued.write(tmp_path, "oserver%d" % len(started), True)
-        srv = servers.OpenSSLServer(crt, key, extra=extra)
+        srv = servers.OpenSSLServer(crt, key, chainfile=crt, extra=extra)
         started.append(srv)
         return srv
 

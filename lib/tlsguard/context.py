@@ -34,18 +34,12 @@ def pem_blocks(data):
     return out
 
 
-def _as_mbedtls(data):
-    """PEM must reach mbedTLS as str (NUL-terminated); DER as bytes."""
-    if isinstance(data, (bytes, bytearray)) and bytes(data[:10]) == b"-----BEGIN":
-        return bytes(data).decode()
-    return data
-
-
 class _Handshake:
     """What the verify callback saw during one handshake (top of the chain first)."""
 
-    def __init__(self, host, pinset):
+    def __init__(self, host, pinset, identity):
         self.host = host
+        self.identity = identity
         self.pinset = pinset
         self.pin_ok = pinset is None
         self.chain = []
@@ -116,8 +110,10 @@ class SecureContext:
                     self.anchors.append(der)
         self.identity = None
         if identity:
+            # This mbedTLS build parses DER only, one certificate per call: the leaf is what the
+            # device presents, so the server must hold the issuing chain of device certificates.
             cert, key = identity
-            self.identity = (_as_mbedtls(cert), _as_mbedtls(key))
+            self.identity = (pem_blocks(cert)[0], pem_blocks(key)[0])
         self._idle = None  # one mbedTLS context kept for reuse between handshakes
         self.last_handshake = None
 
@@ -164,7 +160,7 @@ class SecureContext:
         pinset = self._pinset(server_hostname)
         if self.mode == "pin_only" and pinset is None:
             raise ValueError("pin_only mode needs a pin set for %r" % server_hostname)
-        hs = _Handshake(server_hostname, pinset)
+        hs = _Handshake(server_hostname, pinset, self.identity is not None)
         ctx = self._take_tls()
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
         try:

@@ -20,6 +20,9 @@ _BY_CODE = {
     -0x7680: ("untrusted_root", "no trust anchors are loaded"),
 }
 
+# Ways a peer ends a handshake: EPIPE, ECONNRESET, CONN_EOF, PEER_CLOSE_NOTIFY, FATAL_ALERT.
+_PEER_ENDED = (32, 104, -0x7280, -0x7880, -0x7780)
+
 _FLAGS = (
     # (text mbedTLS puts in its verify report, kind), most decisive first
     ("validity starts in the future", "not_yet_valid"),
@@ -122,6 +125,12 @@ def diagnose(exc, hs, anchors=()):
         return TLSError("bad_certificate", text.strip().replace("\n", "; "), host)
     if isinstance(exc, OSError):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        if code in _PEER_ENDED and hs is not None and hs.chain:
+            # The server's chain passed; what it refused is us.
+            why = ("refused this device's client certificate" if hs.identity else
+                   "probably requires a client certificate and none is configured (identity=...)")
+            return TLSError("handshake_failed", "server ended the handshake after its certificate was "
+                            "accepted: it " + why, host)
         if code == -0x7780 and hs is not None and not hs.chain:
             # Alert before the server showed a certificate: it refused our hello (e.g. TLS versions).
             return TLSError("handshake_failed", "server refused the handshake before sending a certificate "
