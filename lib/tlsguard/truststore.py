@@ -1,0 +1,222 @@
+"""TrustStore: the trust bundle (roots.bin, built by `tlsguard bundle`) on flash. Lookups by
+subject DN binary-search the index with seeks and read only the entries they need; a hit is
+rebuilt into a minimal certificate DER that mbedTLS accepts as a trust anchor.
+The format is described in tools/tlsguard_host/bundle.py."""
+import hashlib
+
+from tlsguard.x509 import Certificate
+
+MAGIC = b"TGTB"
+VERSION = 1
+_HEADER = 48
+_INDEX = 8
+_CHUNK = 256
+_CA, _PATHLEN, _FULL = 1, 2, 4
+_MAX_ENTRY = 8192
+# ecdsa-with-SHA256: any algorithm mbedTLS parses will do, an anchor's signature is never checked.
+_SIG_ALG = b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02"
+_TBS_HEAD = b"\xa0\x03\x02\x01\x02\x02\x01\x01" + _SIG_ALG  # v3, serial 1
+_BC_OID = b"\x06\x03\x55\x1d\x13\x01\x01\xff"  # basicConstraints, critical
+
+
+class BundleError(ValueError):
+    """The bundle file is missing, truncated, corrupted or of another format version."""
+
+    def __init__(self, path, problem):
+        super().__init__("trust bundle %s: %s; rebuild it with `tlsguard bundle` and copy it to "
+                         "the device again" % (path, problem))
+        self.path = path
+        self.problem = problem
+
+
+def _u32(b, i):
+    return (b[i] << 24) | (b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]
+
+
+def _cmp4(a, b):
+    """Compare the first 4 bytes of a and b without slicing (no heap)."""
+    for i in range(4):
+        if a[i] != b[i]:
+            return -1 if a[i] < b[i] else 1
+    return 0
+
+
+def _tl(tag, n):
+    """DER tag and length bytes for a value of n bytes."""
+    if n < 0x80:
+        return bytes((tag, n))
+    if n < 0x100:
+        return bytes((tag, 0x81, n))
+    return bytes((tag, 0x82, n >> 8, n & 0xFF))
+
+
+def civil_from_days(z):
+    """(year, month, day) of days since 1970-01-01 (proleptic Gregorian)."""
+    z += 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (m <= 2), m, d
+
+
+def _time(secs):
+    """UTCTime (1950-2049) or GeneralizedTime DER of seconds since 1970, as RFC 5280 asks."""
+    days, rem = divmod(secs, 86400)
+    y, mo, d = civil_from_days(days)
+    hms = (rem // 3600, rem // 60 % 60, rem % 60)
+    if 1950 <= y < 2050:
+        return b"\x17\x0d" + ("%02d%02d%02d%02d%02d%02dZ" % ((y % 100, mo, d) + hms)).encode()
+    return b"\x18\x0f" + ("%04d%02d%02d%02d%02d%02dZ" % ((y, mo, d) + hms)).encode()
+
+
+def minimal_cert(subject, spki, not_before, not_after, pathlen=None):
+    """A self-issued CA certificate with just what mbedTLS checks on a trust anchor."""
+    bc = b"\x01\x01\xff"
+    if pathlen is not None:
+        bc += (b"\x02\x02\x00" if pathlen >= 0x80 else b"\x02\x01") + bytes((pathlen,))
+    bc = _tl(0x30, len(bc)) + bc
+    ext = _BC_OID + _tl(0x04, len(bc)) + bc
+    ext = _tl(0x30, len(ext)) + ext
+    ext = _tl(0x30, len(ext)) + ext
+    validity = _time(not_before) + _time(not_after)
+    parts = (_TBS_HEAD, subject, _tl(0x30, len(validity)), validity, subject, spki,
+             _tl(0xA3, len(ext)), ext)
+    n = 0
+    for p in parts:
+        n += len(p)
+    tbs = _tl(0x30, n)
+    total = len(tbs) + n + len(_SIG_ALG) + 4
+    return b"".join((_tl(0x30, total), tbs) + parts + (_SIG_ALG, b"\x03\x02\x00\x00"))
+
+
+class TrustStore:
+    """The bundle at `path`, checked on open (header, version, size, SHA-256). `find()` needs a
+    few hundred bytes of heap whatever the bundle's size; `build_time` is a floor for the clock."""
+
+    def __init__(self, path):
+        self.path = path
+        self._ix = bytearray(_INDEX)
+        self._eh = bytearray(10)  # entry head: flags, [pathlen], notBefore, notAfter
+        head = bytearray(_HEADER)
+        f = self._open()
+        try:
+            if f.readinto(head) != _HEADER:
+                raise BundleError(path, "truncated (shorter than its header)")
+            if head[:4] != MAGIC:
+                raise BundleError(path, "not a tlsguard trust bundle")
+            version = (head[4] << 8) | head[5]
+            if version != VERSION:
+                raise BundleError(path, "format version %d, this tlsguard reads version %d" % (version, VERSION))
+            self.count = (head[6] << 8) | head[7]
+            self.build_time = _u32(head, 8)
+            self._size = _HEADER + _u32(head, 12)
+            self._check(f, head)
+        finally:
+            f.close()
+        self.version = version
+        self.sha256 = bytes(head[16:48])
+
+    def _open(self):
+        try:
+            return open(self.path, "rb")
+        except OSError as e:
+            raise BundleError(self.path, "cannot open it (%s)" % e)
+
+    def _check(self, f, head):
+        h = hashlib.sha256(head[:16])
+        buf = bytearray(_CHUNK)
+        mv = memoryview(buf)
+        total = _HEADER
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            total += n
+            if total > self._size:
+                raise BundleError(self.path, "longer than its header says (%d bytes expected)" % self._size)
+            h.update(mv[:n])
+        if total != self._size:
+            raise BundleError(self.path, "truncated: %d of %d bytes" % (total, self._size))
+        if h.digest() != head[16:48]:
+            raise BundleError(self.path, "checksum mismatch (the file is corrupted)")
+        if self._size < _HEADER + _INDEX * self.count:
+            raise BundleError(self.path, "index larger than the file")
+
+    def __len__(self):
+        return self.count
+
+    def _offset(self, f, i):
+        """Read index slot i into self._ix; return its entry offset."""
+        f.seek(_HEADER + _INDEX * i)
+        if f.readinto(self._ix) != _INDEX:
+            raise BundleError(self.path, "index truncated")
+        return _u32(self._ix, 4)
+
+    def find(self, subject):
+        """DER of every anchor whose subject DN is `subject` (DER bytes); [] when none."""
+        key = hashlib.sha256(subject).digest()
+        out = []
+        f = self._open()
+        try:
+            lo, hi = 0, self.count
+            while lo < hi:
+                mid = (lo + hi) // 2
+                self._offset(f, mid)
+                if _cmp4(self._ix, key) < 0:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            i = lo
+            while i < self.count:
+                start = self._offset(f, i)
+                if _cmp4(self._ix, key) != 0:
+                    break
+                end = self._offset(f, i + 1) if i + 1 < self.count else self._size
+                if not _HEADER + _INDEX * self.count <= start < end <= self._size or end - start > _MAX_ENTRY:
+                    raise BundleError(self.path, "entry %d out of bounds" % i)
+                der = self._entry(f, start, end, subject)
+                if der is not None:
+                    out.append(der)
+                i += 1
+        finally:
+            f.close()
+        return out
+
+    def _entry(self, f, start, end, subject):
+        """The anchor DER of the entry at [start, end) if its subject is `subject`, else None."""
+        f.seek(start)
+        eh = self._eh
+        if end - start < len(eh) or f.readinto(eh) != len(eh):
+            raise BundleError(self.path, "entry at offset %d truncated" % start)
+        flags = eh[0]
+        try:
+            if flags & _FULL:
+                f.seek(start + 1)
+                der = f.read(end - start - 1)
+                return der if Certificate(der).subject_der == subject else None
+            pos = 2 if flags & _PATHLEN else 1
+            pathlen = eh[1] if flags & _PATHLEN else None
+            not_before, not_after = _u32(eh, pos), _u32(eh, pos + 4)
+            pos = start + pos + 8
+            f.seek(pos)
+            f.readinto(self._ix)  # subject tag and length (at most 4 bytes)
+            if self._ix[0] != 0x30:
+                raise ValueError("subject is not a SEQUENCE")
+            n = self._ix[1]
+            hl = 2
+            if n & 0x80:
+                hl += n & 0x7F
+                n = (self._ix[2] << 8 | self._ix[3]) if hl == 4 else self._ix[2]
+            if hl + n != len(subject) or pos + hl + n > end:
+                return None
+            f.seek(pos)
+            if f.read(hl + n) != subject:
+                return None
+            spki = f.read(end - pos - hl - n)
+        except ValueError as e:
+            raise BundleError(self.path, "malformed entry at offset %d (%s)" % (start, e))
+        return minimal_cert(subject, spki, not_before, not_after, pathlen)
