@@ -15,10 +15,13 @@ LIB = os.path.join(ROOT, "lib")
 MICROPYTHON = os.path.join(os.path.dirname(sys.executable), "micropython")
 RESULT = "@@RESULT "
 
+# json.dump streams: a big result never has to fit the device heap as one string.
 PRELUDE = """
-import json as _json
+import json as _json, sys as _sys
 def emit(obj):
-    print(%r + _json.dumps(obj))
+    _sys.stdout.write(%r)
+    _json.dump(obj, _sys.stdout)
+    _sys.stdout.write("\\n")
 """ % RESULT
 
 

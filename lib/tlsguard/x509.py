@@ -52,14 +52,33 @@ def _time(buf, pos, end):
     return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec, e
 
 
+_PRINTABLE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
+
+
 def _text(buf, tag, s, e):
+    """A directory string as text; the string types with rules (Printable, BMP, Universal, UTF8)
+    are checked, since a certificate breaking them is malformed."""
     raw = bytes(buf[s:e])
-    if tag == 0x1E:  # BMPString: UTF-16BE
-        raw = "".join(chr((raw[i] << 8) | raw[i + 1]) for i in range(0, len(raw) - 1, 2))
-        return raw
+    if tag == 0x13:
+        for b in raw:
+            if b not in _PRINTABLE:
+                raise ValueError("X.509: bad PrintableString at offset %d" % s)
+    if tag in (0x1E, 0x1C):  # BMPString (UTF-16BE), UniversalString (UTF-32BE)
+        w = 2 if tag == 0x1E else 4
+        if len(raw) % w:
+            raise ValueError("X.509: bad %s at offset %d" % ("BMPString" if w == 2 else "UniversalString", s))
+        out = ""
+        for i in range(0, len(raw), w):
+            v = 0
+            for b in raw[i:i + w]:
+                v = (v << 8) | b
+            out += chr(v) if v < 0x110000 else "?"
+        return out
     try:
         return raw.decode()
     except UnicodeError:
+        if tag == 0x0C:
+            raise ValueError("X.509: bad UTF8String at offset %d" % s)
         return "".join(chr(b) if b < 128 else "?" for b in raw)
 
 
@@ -93,11 +112,40 @@ def name_str(buf, start, stop):
     return ",".join(rdns)
 
 
+def _algorithm(buf, pos, end):
+    """Check an AlgorithmIdentifier (OID, optional parameters) at pos; return where it ends."""
+    s, e = der.expect(buf, pos, end, 0x30, "AlgorithmIdentifier")
+    _, p = der.expect(buf, s, e, 0x06, "algorithm")
+    if p < e and der.item(buf, p, e)[2] != e:
+        raise ValueError("X.509: trailing bytes in AlgorithmIdentifier at offset %d" % pos)
+    return e
+
+
+def _bits(buf, pos, end, what):
+    """Check a BIT STRING of whole bytes (keys, signatures); return where it ends."""
+    s, e = der.expect(buf, pos, end, 0x03, what)
+    if s == e or buf[s] != 0:
+        raise ValueError("X.509: bad %s BIT STRING at offset %d" % (what, pos))
+    return e
+
+
 def _ip(raw):
     if len(raw) == 4:
         return "%d.%d.%d.%d" % tuple(raw)
     if len(raw) == 16:
-        return ":".join("%x" % ((raw[i] << 8) | raw[i + 1]) for i in range(0, 16, 2))
+        groups = ["%x" % ((raw[i] << 8) | raw[i + 1]) for i in range(0, 16, 2)]
+        # RFC 5952: the longest run (2+) of zero groups becomes '::'.
+        best, start = (0, 0), None
+        for i, g in enumerate(groups + ["end"]):
+            if g == "0" and start is None:
+                start = i
+            elif g != "0" and start is not None:
+                if i - start > best[1] - best[0] and i - start > 1:
+                    best = (start, i)
+                start = None
+        if best[1]:
+            return ":".join(groups[:best[0]]) + "::" + ":".join(groups[best[1]:])
+        return ":".join(groups)
     raise ValueError("X.509: IP address of %d bytes in SAN" % len(raw))
 
 
@@ -113,11 +161,9 @@ class Certificate:
         if ce != end:
             raise ValueError("X.509: %d trailing bytes after the certificate" % (end - ce))
         ts, te = der.expect(buf, cs, ce, 0x30, "TBSCertificate")
-        ss, se = der.expect(buf, te, ce, 0x30, "signatureAlgorithm")
-        bs, be = der.expect(buf, se, ce, 0x03, "signature")
-        if be != ce:
+        se = _algorithm(buf, te, ce)
+        if _bits(buf, se, ce, "signature") != ce:
             raise ValueError("X.509: trailing bytes inside the certificate")
-        self._sig = (bs, be)
         pos = ts
         self.version = 1
         tag, s, e = der.item(buf, pos, te)
@@ -126,10 +172,12 @@ class Certificate:
             if ve != e:
                 raise ValueError("X.509: bad version field")
             self.version = der.integer(buf, vs, ve) + 1
+            if self.version not in (2, 3):  # v1 is encoded by leaving the field out
+                raise ValueError("X.509: unknown version %d" % self.version)
             pos = e
         s, e = der.expect(buf, pos, te, 0x02, "serialNumber")
         self.serial = der.integer(buf, s, e)
-        _, pos = der.expect(buf, e, te, 0x30, "signature")
+        pos = _algorithm(buf, e, te)
         self._issuer = self._span(pos, te, "issuer")
         vs, ve = der.expect(buf, self._issuer[1], te, 0x30, "validity")
         self.not_valid_before, p = _time(buf, vs, ve)
@@ -138,18 +186,24 @@ class Certificate:
             raise ValueError("X.509: trailing bytes in validity")
         self._subject = self._span(ve, te, "subject")
         self._spki = self._span(self._subject[1], te, "subjectPublicKeyInfo")
+        ks, ke = der.expect(buf, self._spki[0], te, 0x30, "subjectPublicKeyInfo")
+        ks = _algorithm(buf, ks, ke)
+        if _bits(buf, ks, ke, "subjectPublicKey") != ke:
+            raise ValueError("X.509: trailing bytes in subjectPublicKeyInfo")
         self.dns_names = []
         self.ip_addresses = []
         self.is_ca = False
         self.path_length = None
+        # Optional tail, in this order and at most once each: issuerUniqueID, subjectUniqueID, extensions.
         pos = self._spki[1]
-        while pos < te:
-            tag, s, e = der.item(buf, pos, te)
-            if tag == 0xA3:
-                self._extensions(s, e)
-            elif tag not in (0x81, 0xA1, 0x82, 0xA2):
-                raise ValueError("X.509: unexpected field 0x%02x at offset %d" % (tag, pos))
-            pos = e
+        for want in (0x81, 0x82, 0xA3):
+            if pos < te and self.der[pos] == want:
+                _, s, e = der.item(buf, pos, te)
+                if want == 0xA3:
+                    self._extensions(s, e)
+                pos = e
+        if pos != te:
+            raise ValueError("X.509: unexpected field 0x%02x at offset %d" % (buf[pos], pos))
         # Names are checked now so that later reads cannot fail.
         self.subject = name_str(buf, self._subject[0] + self._hdr(self._subject), self._subject[1])
         self.issuer = name_str(buf, self._issuer[0] + self._hdr(self._issuer), self._issuer[1])
@@ -172,7 +226,9 @@ class Certificate:
                 raise ValueError("X.509: bad extension at offset %d" % xs)
             os_, oe = der.expect(buf, xs, xe, 0x06, "extension id")
             t, vs, ve = der.item(buf, oe, xe)
-            if t == 0x01:
+            if t == 0x01:  # critical: DER encodes only TRUE, as 0xFF
+                if ve - vs != 1 or buf[vs] != 0xFF:
+                    raise ValueError("X.509: bad critical flag at offset %d" % vs)
                 t, vs, ve = der.item(buf, ve, xe)
             if t != 0x04 or ve != xe:
                 raise ValueError("X.509: bad extension value at offset %d" % xs)
@@ -199,8 +255,8 @@ class Certificate:
         if be != e:
             raise ValueError("X.509: trailing bytes in basicConstraints")
         for tag, vs, ve in der.items(buf, bs, be):
-            if tag == 0x01 and ve - vs == 1:
-                self.is_ca = buf[vs] == 0xFF
+            if tag == 0x01 and ve - vs == 1 and buf[vs] == 0xFF:
+                self.is_ca = True
             elif tag == 0x02:
                 self.path_length = der.integer(buf, vs, ve)
             else:
