@@ -1,0 +1,143 @@
+"""Hardware-free stand-ins for the host tools' tests: run the real `tlsguard` console script, and a
+fake ESP32 board (MicroPython's raw REPL on a pty via socat, backed by the unix port running on a
+littlefs2 image with the ESP32 VFS geometry, booting boot.py then main.py on every start)."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+TLSGUARD = os.path.join(BIN, "tlsguard")
+MICROPYTHON = os.path.join(BIN, "micropython")
+BLOCK = 4096
+
+# Runs inside MicroPython: mount the image at /flash like the ESP32 port mounts its vfs partition,
+# then boot.py and main.py as a board does. argv: image path, "repl" (stay for mpremote) or "run".
+BOOT = r"""
+import os, sys, vfs
+class FileBlocks:
+    def __init__(self, path):
+        self.f = open(path, "r+b")
+        self.f.seek(0, 2)
+        self.n = self.f.tell() // 4096
+    def readblocks(self, block, buf, off=0):
+        self.f.seek(block * 4096 + off)
+        self.f.readinto(buf)
+    def writeblocks(self, block, buf, off=None):
+        self.f.seek(block * 4096 + (off or 0))
+        self.f.write(buf)
+        self.f.flush()
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.n
+        if op == 5:
+            return 4096
+        return 0
+_bd = FileBlocks(sys.argv[1])
+vfs.mount(vfs.VfsLfs2(_bd, readsize=32, progsize=32, lookahead=32), "/flash")
+os.chdir("/flash")
+sys.path[:] = ["", ".frozen", "/flash/lib"]
+for _name in ("boot.py", "main.py"):
+    try:
+        os.stat(_name)
+    except OSError:
+        continue
+    exec(open(_name).read(), {"__name__": "__main__"})
+"""
+
+
+def tlsguard(*args, cwd=None, env=None, timeout=300, stdin=subprocess.DEVNULL):
+    """Run the installed console script; returns CompletedProcess (text)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([TLSGUARD] + [str(a) for a in args], cwd=cwd, env=full_env, stdin=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def format_image(path, blocks=512):
+    """A blank littlefs2 image as MicroPython's VfsLfs2 would format it."""
+    from littlefs import LittleFS
+    fs = LittleFS(block_size=BLOCK, block_count=blocks, read_size=32, prog_size=32,
+                  lookahead_size=32, name_max=255)
+    with open(path, "wb") as f:
+        f.write(fs.context.buffer)
+
+
+def write_boot(folder):
+    path = os.path.join(str(folder), "fakeboot.py")
+    with open(path, "w") as f:
+        f.write(BOOT)
+    return path
+
+
+def run_on_flash(image, folder, env=None, timeout=60):
+    """Boot the image once without a REPL (boot.py, main.py, exit): what the board would do."""
+    boot = write_boot(folder)
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([MICROPYTHON, boot, str(image)], cwd=str(folder), env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+class FakeBoard:
+    """socat gives a pty at `self.port`; behind it a restart loop of micropython (boot, then REPL)."""
+
+    def __init__(self, folder, image=None, blocks=512):
+        self.folder = str(folder)
+        os.makedirs(self.folder, exist_ok=True)
+        self.image = image or os.path.join(self.folder, "flash.img")
+        if not os.path.exists(self.image):
+            format_image(self.image, blocks)
+        self.port = os.path.join(self.folder, "board-tty")
+        boot = write_boot(self.folder)
+        loop = os.path.join(self.folder, "board.sh")
+        with open(loop, "w") as f:
+            # A reset (or Ctrl-D, which exits the unix port) starts the board again.
+            f.write("#!/bin/sh\nwhile true; do %s -i %s %s; done\n" % (MICROPYTHON, boot, self.image))
+        os.chmod(loop, 0o755)
+        self.proc = subprocess.Popen(
+            [shutil.which("socat"), "PTY,link=%s,raw,echo=0" % self.port,
+             "EXEC:%s,pty,raw,echo=0,stderr,setsid" % loop],
+            cwd=self.folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.time() + 10
+        while not os.path.exists(self.port):
+            if time.time() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("fake board did not start")
+            time.sleep(0.05)
+        time.sleep(0.3)  # let MicroPython reach its prompt
+
+    def close(self):
+        if self.proc.poll() is None:
+            # socat's session holds the restart loop and micropython: end them together.
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+    def files(self):
+        """{path: bytes} of everything on the flash, read on the host with littlefs-python."""
+        return read_image(self.image)
+
+
+def read_image(path, blocks=None):
+    """Mount an image read-only-in-spirit: never mount=True (a failed mount would format it)."""
+    from littlefs import LittleFS
+    with open(path, "rb") as f:
+        data = f.read()
+    fs = LittleFS(block_size=BLOCK, block_count=blocks or len(data) // BLOCK, read_size=32,
+                  prog_size=32, lookahead_size=32, name_max=255, mount=False)
+    fs.context.buffer[:len(data)] = data
+    fs.mount()
+    out = {}
+    for top, dirs, names in fs.walk("/"):
+        for n in names:
+            p = (top.rstrip("/") + "/" + n)
+            with fs.open(p, "rb") as fh:
+                out[p.lstrip("/")] = fh.read()
+    return out
