@@ -1,10 +1,13 @@
 """SecureContext: a drop-in client `ssl.SSLContext`. mbedTLS verifies the chain; the verify
-callback records the chain and enforces SPKI pins; every failure becomes a TLSError."""
+callback records the chain and enforces SPKI pins; every failure becomes a TLSError. With a trust
+store, it chooses the few anchors each host needs (remembered per host, or discovered from the
+chain a first handshake presents) and loads only those into mbedTLS."""
 import io
 import select
 import socket
 
 from tlsguard import platform
+from tlsguard.anchorcache import AnchorCache, spki_ref
 from tlsguard.diagnose import diagnose
 from tlsguard.errors import TLSError
 from tlsguard.pins import Pins, spki_digest
@@ -17,6 +20,10 @@ MODES = ("verify", "pin_only", "insecure")
 _ABORT = -0x3000
 _POLL = 3
 _GOOD_VERSIONS = ("TLSv1.2", "TLSv1.3")
+# Anchors discovered for a host but not yet verified stay in RAM only: at most this many hosts,
+# this many anchors each.
+_PENDING_HOSTS = 4
+_MAX_FOUND = 4
 
 
 def pem_blocks(data):
@@ -37,10 +44,12 @@ def pem_blocks(data):
 class _Handshake:
     """What the verify callback saw during one handshake (top of the chain first)."""
 
-    def __init__(self, host, pinset, identity):
+    def __init__(self, host, pinset, identity, anchors=(), learned=False):
         self.host = host
         self.identity = identity
         self.pinset = pinset
+        self.anchors = anchors  # what mbedTLS was given for this handshake
+        self.learned = learned  # anchors come from discovery, not yet verified
         self.pin_ok = pinset is None
         self.chain = []
         self.failure = None
@@ -82,14 +91,29 @@ class _Handshake:
                 return raw
         return None
 
+    def top(self):
+        """The certificate at the top of the chain mbedTLS built (the anchor, once verified)."""
+        return max(self.chain)[1] if self.chain else None
+
 
 class SecureContext:
     """mode: "verify" (CA chain + hostname, plus pins where given), "pin_only" (the pin is the
     trust decision, for private servers without a CA), "insecure" (no authentication; tests only).
     cadata: DER or PEM of one or more CA certificates. identity: (cert_chain, key) for mutual TLS.
-    pins: {"host" or "*.domain": [pins] or PinSet}."""
+    pins: {"host" or "*.domain": [pins] or PinSet}.
+    trust: a TrustStore. Then cadata roots are searched like the bundle rather than all loaded,
+    and the anchors that verified each host are remembered in anchor_cache (a file; default the
+    bundle's path + ".hosts"). First contact with a host costs two handshakes: one that shows
+    the chain, one verified with the anchors it needs. connect() does both; a bare wrap_socket()
+    cannot reconnect, so it raises TLSError("untrusted_root") with `retry` True and the next
+    connection verifies.
+    time_servers: NTP servers ("host" or (host, port)) to sync from before a handshake when the
+    clock is below tlsguard.clock_floor(trust); resync (s), floor_fallback and time_options
+    (TimeSync keywords: timeout, attempts, combine, ...) as timesync.ClockPolicy documents."""
 
-    def __init__(self, cadata=None, trust=None, pins=None, mode="verify", identity=None):
+    def __init__(self, cadata=None, trust=None, pins=None, mode="verify", identity=None,
+                 anchor_cache=None, time_servers=None, resync=None, floor_fallback=False,
+                 time_options=None):
         if mode not in MODES:
             raise ValueError("mode must be one of %s" % (MODES,))
         if not platform.CAN_VERIFY and mode != "insecure":
@@ -97,6 +121,11 @@ class SecureContext:
                            % (platform.PORT, platform.TLS_BACKEND))
         self.mode = mode
         self.trust = trust
+        # NTP-before-TLS (timesync.ClockPolicy); imported only when asked for, to spare RAM.
+        self.clock = None
+        if time_servers:
+            from tlsguard.timesync import ClockPolicy
+            self.clock = ClockPolicy(time_servers, trust, resync, floor_fallback, **(time_options or {}))
         self.pins = pins if isinstance(pins, Pins) else Pins(pins)
         self.anchors = []
         if cadata:
@@ -114,14 +143,56 @@ class SecureContext:
             # device presents, so the server must hold the issuing chain of device certificates.
             cert, key = identity
             self.identity = (pem_blocks(cert)[0], pem_blocks(key)[0])
-        self._idle = None  # one mbedTLS context kept for reuse between handshakes
+        self._idle = None  # (anchors, mbedTLS context) kept for reuse between handshakes
         self.last_handshake = None
+        self.handshakes = 0  # handshakes started, retries included
+        if trust is not None:
+            self._cache = AnchorCache(anchor_cache or trust.path + ".hosts")
+            self._private = [(Certificate(der).subject_der, der) for der in self.anchors]
+            self._pending = {}
 
-    def _new_tls(self):
+    def _anchors_for(self, host):
+        """(anchor DERs for host, learned): all cadata without a trust store; else discovered
+        anchors awaiting verification, else those the cache remembers, else none (first contact)."""
+        if self.trust is None or self.mode != "verify":
+            return self.anchors, False
+        if host in self._pending:
+            return self._pending[host], True
+        out = []
+        for subject, ref in self._cache.get(host) or ():
+            for der in self._lookup(subject):
+                if der not in out and spki_ref(Certificate(der).spki) == ref:
+                    out.append(der)
+        return out, False
+
+    def _lookup(self, subject):
+        """Anchors with this subject DN: private roots first, then the bundle."""
+        return [der for s, der in self._private if s == subject] + self.trust.find(subject)
+
+    def _discover(self, hs):
+        """Anchors for the chain the server presented: the issuer of every certificate and the
+        subject of every CA certificate (so a cross-sign by an old root finds the current one)."""
+        names = []
+        for _, raw in hs.chain:
+            try:
+                c = Certificate(raw)
+            except ValueError:
+                continue
+            for name in (c.issuer_der, c.subject_der if c.is_ca else None):
+                if name is not None and name not in names:
+                    names.append(name)
+        found = []
+        for name in names:
+            for der in self._lookup(name):
+                if der not in found:
+                    found.append(der)
+        return found[:_MAX_FOUND]
+
+    def _new_tls(self, anchors):
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         if self.mode == "verify":
             ctx.verify_mode = tls.CERT_REQUIRED
-            for der in self.anchors:
+            for der in anchors:
                 ctx.load_verify_locations(der)
         elif self.mode == "pin_only":
             ctx.verify_mode = tls.CERT_OPTIONAL
@@ -134,13 +205,14 @@ class SecureContext:
                 raise TLSError("bad_certificate", "identity (client certificate/key) rejected: %s" % e)
         return ctx
 
-    def _take_tls(self):
-        ctx, self._idle = self._idle, None
-        return ctx or self._new_tls()
+    def _take_tls(self, anchors):
+        idle, self._idle = self._idle, None
+        if idle is not None and idle[0] == anchors:
+            return idle[1]
+        return self._new_tls(anchors)
 
-    def _release_tls(self, ctx):
-        if self._idle is None:
-            self._idle = ctx
+    def _release_tls(self, ctx, hs):
+        self._idle = (hs.anchors, ctx)
 
     def _pinset(self, host):
         ps = self.pins.for_host(host)
@@ -153,6 +225,12 @@ class SecureContext:
     def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None):
         if server_side:
             raise ValueError("SecureContext is client-side only")
+        if self.clock:
+            try:
+                self.clock.before_handshake()
+            except TLSError:
+                _close(sock)
+                raise
         if self.mode == "insecure":
             print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % server_hostname)
         elif not server_hostname:
@@ -160,14 +238,16 @@ class SecureContext:
         pinset = self._pinset(server_hostname)
         if self.mode == "pin_only" and pinset is None:
             raise ValueError("pin_only mode needs a pin set for %r" % server_hostname)
-        hs = _Handshake(server_hostname, pinset, self.identity is not None)
-        ctx = self._take_tls()
+        anchors, learned = self._anchors_for(server_hostname)
+        hs = _Handshake(server_hostname, pinset, self.identity is not None, anchors, learned)
+        ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
+        self.handshakes += 1
         try:
             raw = ctx.wrap_socket(sock, server_hostname=server_hostname,
                                   do_handshake_on_connect=do_handshake_on_connect)
         except Exception as e:  # noqa: BLE001 - every failure is diagnosed
-            self._release_tls(ctx)
+            self._release_tls(ctx, hs)
             _close(sock)
             raise self._diagnose(e, hs)
         tsock = TLSSocket(self, ctx, hs, raw, sock)
@@ -176,11 +256,46 @@ class SecureContext:
         return tsock
 
     def _diagnose(self, exc, hs):
-        return diagnose(exc, hs, self.anchors)
+        if self.trust is None or self.mode != "verify":
+            return diagnose(exc, hs, self.anchors)
+        err = diagnose(exc, hs, hs.anchors)
+        if err.kind != "untrusted_root" or hs.failure is not None:
+            return err
+        host = hs.host
+        # The anchors given did not verify: forget them, whatever comes next.
+        self._pending.pop(host, None)
+        if hs.anchors and not hs.learned:
+            self._cache.put(host, None)
+        found = self._discover(hs)
+        if hs.learned or not found or found == hs.anchors:
+            note = ("the trust store's anchors for it do not verify this chain" if found else
+                    "it is not in the trust bundle (%d roots) nor in the %d private roots"
+                    % (len(self.trust), len(self._private)))
+            return diagnose(exc, hs, hs.anchors, note)
+        if len(self._pending) >= _PENDING_HOSTS:
+            self._pending.pop(next(iter(self._pending)))
+        self._pending[host] = found
+        names = ", ".join("'%s'" % Certificate(der).subject for der in found)
+        err = TLSError("untrusted_root", "anchor not loaded yet (first contact, or the server changed CA): "
+                       "found %s in the trust store; the next connection will verify with it" % names,
+                       host, None, "Connect again (tlsguard.connect does it by itself): first contact "
+                       "with a host takes two handshakes, the first only shows the chain.")
+        err.retry = True
+        return err
 
     def _verified(self, hs):
-        """Called once per successful handshake."""
+        """Called once per successful handshake, with the chain still recorded."""
         self.last_handshake = hs
+        if self.trust is None or self.mode != "verify" or not hs.anchors:
+            return
+        top = hs.top()
+        used = [der for der in hs.anchors if der == top] or hs.anchors
+        refs = []
+        for der in used:
+            c = Certificate(der)
+            refs.append((c.subject_der, spki_ref(c.spki)))
+        self._cache.put(hs.host, refs)
+        self._pending.pop(hs.host, None)
 
 
 class TLSSocket(io.IOBase):
@@ -201,7 +316,7 @@ class TLSSocket(io.IOBase):
         if hs is None:  # handshake finished: a plain I/O error
             raise exc
         self._hs = None
-        self._context._release_tls(self._tls_ctx)
+        self._context._release_tls(self._tls_ctx, hs)
         _close(self._sock)
         raise self._context._diagnose(exc, hs)
 
@@ -210,14 +325,14 @@ class TLSSocket(io.IOBase):
         version = self._sock.cipher()[1]
         if version not in _GOOD_VERSIONS:
             self._hs = None
-            self._context._release_tls(self._tls_ctx)
+            self._context._release_tls(self._tls_ctx, hs)
             _close(self._sock)
             raise TLSError("weak_protocol", "negotiated %s; TLS 1.2 or later is required" % version, hs.host)
         self._hs = None
         self.peer_der = hs.leaf()
-        hs.chain = []
-        self._context._release_tls(self._tls_ctx)
+        self._context._release_tls(self._tls_ctx, hs)
         self._context._verified(hs)
+        hs.chain = []
 
     def _io(self, fn, *args):
         try:
@@ -282,14 +397,7 @@ def _close(s):
         pass
 
 
-def connect(host, port, context=None, timeout=10):
-    """Resolve, connect over TCP with a timeout, and handshake; returns the TLS socket."""
-    if context is None:
-        raise ValueError("connect() needs a context (tlsguard.SecureContext)")
-    try:
-        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-    except OSError as e:
-        raise TLSError("network", "cannot resolve %s (%s)" % (host, e), host)
+def _tcp(host, port, ai, timeout):
     sock = socket.socket(ai[0], socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
@@ -297,4 +405,22 @@ def connect(host, port, context=None, timeout=10):
     except OSError as e:
         _close(sock)
         raise TLSError("network", "cannot connect to %s:%d (%s)" % (host, port, e), host)
-    return context.wrap_socket(sock, server_hostname=host)
+    return sock
+
+
+def connect(host, port, context=None, timeout=10):
+    """Resolve, connect over TCP with a timeout, and handshake; returns the TLS socket. When the
+    trust store has just found the anchors for a host (first contact, or the server moved to
+    another CA), it reconnects once to verify with them."""
+    if context is None:
+        raise ValueError("connect() needs a context (tlsguard.SecureContext)")
+    try:
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    except OSError as e:
+        raise TLSError("network", "cannot resolve %s (%s)" % (host, e), host)
+    try:
+        return context.wrap_socket(_tcp(host, port, ai, timeout), server_hostname=host)
+    except TLSError as e:
+        if not getattr(e, "retry", False):
+            raise
+    return context.wrap_socket(_tcp(host, port, ai, timeout), server_hostname=host)

@@ -71,19 +71,24 @@ def _future(hs, host, certs, now):
     return TLSError("not_yet_valid", "a certificate in the chain is not valid yet", host)
 
 
-def _untrusted(hs, host, certs, anchors):
+def _untrusted(hs, host, certs, anchors, note=None):
+    """`note`: what was searched for an anchor, said instead of what was loaded."""
+    tail = "; " + note if note else ""
     if not certs:
-        return TLSError("untrusted_root", "the chain does not lead to a trusted root", host)
+        return TLSError("untrusted_root", "the chain does not lead to a trusted root" + tail, host)
     depth, top = certs[0]
     if top.self_issued and depth == 0:
-        return TLSError("untrusted_root", "self-signed certificate '%s' is not trusted" % top.subject,
+        return TLSError("untrusted_root", "self-signed certificate '%s' is not trusted%s" % (top.subject, tail),
                         host, 0)
     if top.self_issued:
-        return TLSError("untrusted_root", "root '%s' is not a trusted anchor" % top.subject, host, depth)
+        return TLSError("untrusted_root", "root '%s' is not a trusted anchor%s" % (top.subject, tail),
+                        host, depth)
     detail = "no trusted root for issuer '%s'" % top.issuer
     if not top.is_ca:
         detail += " (the server sent no intermediate: it may be missing from its chain)"
-    if not anchors:
+    if note:
+        detail += tail
+    elif not anchors:
         detail += "; no trust anchors are loaded"
     return TLSError("untrusted_root", detail, host, depth)
 
@@ -97,8 +102,9 @@ def _hostname(hs, host, certs):
                     host, 0)
 
 
-def diagnose(exc, hs, anchors=()):
-    """The TLSError for exception `exc` raised during a handshake described by `hs`."""
+def diagnose(exc, hs, anchors=(), note=None):
+    """The TLSError for exception `exc` raised during a handshake described by `hs`. `note`
+    replaces "no trust anchors are loaded" when anchors come from a search (the trust store)."""
     if isinstance(exc, TLSError):
         return exc
     host = hs.host if hs else None
@@ -118,7 +124,7 @@ def diagnose(exc, hs, anchors=()):
                 if kind == "not_yet_valid":
                     return _future(hs, host, certs, now)
                 if kind == "untrusted_root":
-                    return _untrusted(hs, host, certs, anchors)
+                    return _untrusted(hs, host, certs, anchors, note)
                 if kind == "hostname_mismatch":
                     return _hostname(hs, host, certs)
                 return TLSError(kind, text.strip().replace("\n", "; "), host)
@@ -136,7 +142,7 @@ def diagnose(exc, hs, anchors=()):
             return TLSError("handshake_failed", "server refused the handshake before sending a certificate "
                             "(protocol version or cipher mismatch?)", host)
         if code == -0x7680:  # MBEDTLS_ERR_SSL_CA_CHAIN_REQUIRED
-            return _untrusted(hs, host, certs, ())
+            return _untrusted(hs, host, certs, (), note)
         if code in _BY_CODE:
             kind, detail = _BY_CODE[code]
             return TLSError(kind, detail, host)
