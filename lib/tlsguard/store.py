@@ -102,17 +102,6 @@ def write_verified(path, chunks):
     return want, size
 
 
-def _pem(ders):
-    out = []
-    for d in ders:
-        b64 = binascii.b2a_base64(d).replace(b"\n", b"")
-        out.append(b"-----BEGIN CERTIFICATE-----\n")
-        for i in range(0, len(b64), 64):
-            out.append(b64[i:i + 64] + b"\n")
-        out.append(b"-----END CERTIFICATE-----\n")
-    return b"".join(out)
-
-
 def _split_der(buf):
     """DER certificates concatenated in `buf` (each SEQUENCE is self-delimiting)."""
     from tlsguard import der
@@ -158,7 +147,8 @@ def _trust_store():
 
 class CredentialSet:
     """The active set as SecureContext needs it: .version .trial .identity (cert_chain, key) or
-    None, .roots [DER], .pins {host: PinSet}, .bundle_path or None."""
+    None (DER: the leaf, which is what mbedTLS presents, and the key), .chain [DER] (leaf and
+    intermediates), .roots [DER], .pins {host: PinSet}, .bundle_path or None."""
 
     def __init__(self, store, entry, trial):
         self.version = entry["version"]
@@ -171,11 +161,10 @@ class CredentialSet:
                 return f.read()
 
         self.identity = None
+        self.chain = []
         if "crt" in files:
-            key = read("key")
-            if key[:10] == b"-----BEGIN":
-                key = key.decode()
-            self.identity = (read("crt").decode(), key)
+            self.chain = _split_der(read("crt"))
+            self.identity = (self.chain[0], read("key"))
         self.roots = _split_der(read("roots")) if "roots" in files else []
         self.pins = {}
         if "pins" in files:
@@ -400,15 +389,15 @@ class CredentialStore:
             keypair.check(key_der, certs[0])
         except ValueError as e:
             raise StoreError("key_mismatch", str(e))
-        self._put(version, "crt", (_pem(ders),))
-        key = bytes(key.encode() if isinstance(key, str) else key)
-        self._put(version, "key", (key,))
+        # DER, because this is what load_cert_chain parses on every mbedTLS build.
+        self._put(version, "crt", ders)
+        self._put(version, "key", (key_der,))
         tls = platform.tls
         if tls is not None and hasattr(tls, "SSLContext"):
             # The format check mbedTLS itself makes when the identity is used.
             ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
             try:
-                ctx.load_cert_chain(_pem(ders).decode(), key.decode() if key[:10] == b"-----BEGIN" else key)
+                ctx.load_cert_chain(ders[0], key_der)
             except (ValueError, OSError) as e:
                 raise StoreError("bad_certificate", "mbedTLS refuses the identity: %s" % e)
 

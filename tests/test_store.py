@@ -1,0 +1,401 @@
+"""CredentialStore on the unix port: staging checks, switching, trial and rollback, boot repair,
+update packages; and SecureContext(store=) against real servers (mTLS, root migration)."""
+import hashlib
+import hmac
+import json
+import os
+
+import pytest
+
+import pki
+from conftest import pyrepr
+
+PRE = """
+import os, tlsguard
+from tlsguard.store import CredentialStore, StoreError
+def attempt(fn, *a, **kw):
+    try:
+        return {"ok": True, "value": fn(*a, **kw)}
+    except StoreError as e:
+        return {"ok": False, "kind": e.kind, "msg": str(e)}
+def summary(st):
+    a = st.active()
+    if a is None:
+        return {"status": st.status, "version": None, "report": st.report}
+    return {"status": st.status, "version": a.version, "trial": a.trial, "report": st.report,
+            "identity": [len(a.chain), len(a.identity[0]), len(a.identity[1])] if a.identity else None,
+            "roots": len(a.roots), "pins": sorted(a.pins), "bundle": a.bundle_path,
+            "files": sorted(os.listdir("certs"))}
+"""
+
+
+def make_bundle(*cas):
+    from tlsguard_host.bundle import build
+    return build([ca.cert for ca in cas], int(pki.NOW.timestamp()))
+
+
+@pytest.fixture(scope="module")
+def client_ca():
+    return pki.CA("tlsguard device CA", kind="ec")
+
+
+@pytest.fixture(scope="module")
+def device(client_ca):
+    return client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
+
+
+def identity_expr(issued):
+    return "(%s, %s)" % (pyrepr(issued.chain_pem()), pyrepr(issued.key_pem))
+
+
+def run(mpy, code):
+    return mpy.value(PRE + code)
+
+
+def seed(mpy, device, root_ca, version=1):
+    """A store holding set `version` with identity, one root, a pin and a bundle (bundle.bin)."""
+    pin = pki.spki_pin(root_ca.cert)
+    with open(os.path.join(mpy.cwd, "bundle.bin"), "wb") as f:
+        f.write(make_bundle(root_ca))
+    return run(mpy, """
+st = CredentialStore("certs")
+st.stage(version=%d, identity=%s, roots=[%s], pins={"localhost": [%r]}, bundle="bundle.bin")
+st.activate()
+emit(summary(st))
+""" % (version, identity_expr(device), pyrepr(root_ca.der), pin))
+
+
+def build_package(version, files, key=None, remove=()):
+    """The package format, written independently of the device code."""
+    header = json.dumps({"version": version, "remove": list(remove),
+                         "files": [[k, len(d), hashlib.sha256(d).hexdigest()] for k, d in files]}).encode()
+    blob = (b"TGPK" + bytes([1, 1 if key else 0]) + len(header).to_bytes(2, "big") + header
+            + b"".join(d for _, d in files))
+    if key:
+        blob += hmac.new(key, blob, "sha256").digest()
+    return blob
+
+
+# ---- staging, switching, boot ------------------------------------------------------------
+
+
+def test_first_set_is_active_and_survives_restart(mpy, device, root_ca):
+    r = seed(mpy, device, root_ca)
+    assert r["version"] == 1 and r["trial"] is False  # nothing to roll back to: no trial
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')
+    assert r["status"] == "ok" and r["version"] == 1 and r["report"] == ["version 1 loaded"]
+    assert r["identity"] == [1, len(device.der), len(device.key_der)]
+    assert r["roots"] == 1 and r["pins"] == ["localhost"] and r["bundle"] == "certs/1.bundle"
+    with open(mpy.cwd + "/certs/manifest.json", "rb") as f:
+        body, check = f.read().split(b"\n")[:2]
+    assert hashlib.sha256(body).hexdigest().encode() == check
+    man = json.loads(body)
+    assert man["high"] == 1 and man["trial"] is False
+    data = make_bundle(root_ca)
+    assert man["sets"][0]["files"]["bundle"] == ["1.bundle", hashlib.sha256(data).hexdigest(), len(data)]
+
+
+def test_trial_set_rolls_back_on_restart_and_its_version_is_burnt(mpy, device, root_ca, client_ca):
+    seed(mpy, device, root_ca)
+    renewed = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
+    r = run(mpy, """
+st = CredentialStore("certs")
+st.stage(version=2, identity=%s)
+st.activate()
+emit(summary(st))
+""" % identity_expr(renewed))
+    assert r["version"] == 2 and r["trial"] is True
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "2.crt", "2.key", "manifest.json"]
+    r = run(mpy, """
+st = CredentialStore("certs")
+s = summary(st)
+s["again"] = attempt(st.stage, version=2, pins={})
+s["next"] = attempt(st.stage, version=3, pins={})
+emit(s)
+""")
+    assert r["status"] == "rolled_back" and r["version"] == 1
+    assert r["report"] == ["version 2 was on trial when the device restarted: rolled back to version 1"]
+    assert "2.crt" not in r["files"]
+    assert r["again"] == {"ok": False, "kind": "old_version",
+                          "msg": "old_version: version 2 is not newer than 2: an older or replayed update"}
+    assert r["next"]["ok"]
+
+
+def test_confirmed_set_survives_restart_and_items_carry_over(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    new_root = pki.CA("tlsguard new root")
+    r = run(mpy, """
+st = CredentialStore("certs")
+st.stage(version=2, roots=[%s, %s])
+st.activate()
+st.confirm()
+emit(summary(st))
+""" % (pyrepr(root_ca.der), pyrepr(new_root.pem)))
+    # Only the roots were written again; the identity, pins and bundle files are shared.
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "2.roots", "manifest.json"]
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')
+    assert r["status"] == "ok" and r["version"] == 2 and r["trial"] is False and r["roots"] == 2
+    assert r["identity"] is not None and r["bundle"] == "certs/1.bundle"
+
+
+def test_explicit_rollback_and_removal_of_items(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    r = run(mpy, """
+st = CredentialStore("certs")
+st.stage(version=2, pins={}, bundle=b"")
+st.activate(); st.confirm()
+s = {"after": summary(st)}
+st.rollback()
+s["back"] = summary(st)
+s["none"] = attempt(st.rollback)
+emit(s)
+""")
+    assert r["after"]["pins"] == [] and r["after"]["bundle"] is None
+    assert r["back"]["version"] == 1 and r["back"]["pins"] == ["localhost"]
+    assert r["back"]["report"][-1] == "version 2 rolled back to version 1: requested"
+    assert r["none"] == {"ok": False, "kind": "no_previous",
+                         "msg": "no_previous: there is no previous set to roll back to"}
+
+
+def test_trial_rolls_back_after_max_failures(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    r = run(mpy, """
+st = CredentialStore("certs", max_failures=3)
+seen = []
+st.on_change = lambda s: seen.append(s.version)
+st.stage(version=2, pins={})
+st.activate()
+out = [st.handshake_failed() for i in range(3)]
+emit({"out": out, "seen": seen, "gen": st.generation, "s": summary(st)})
+""")
+    assert r["out"] == [False, False, True]
+    assert r["seen"] == [2, 1] and r["gen"] == 2
+    assert r["s"]["version"] == 1 and r["s"]["status"] == "rolled_back"
+    assert r["s"]["report"][-1] == "version 2 rolled back to version 1: 3 failed handshakes on trial"
+
+
+def test_boot_falls_back_when_a_file_does_not_match(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    run(mpy, """
+st = CredentialStore("certs")
+st.stage(version=2, roots=[])
+st.activate(); st.confirm()
+emit(1)
+""")
+    with open(os.path.join(mpy.cwd, "certs", "1.crt"), "r+b") as f:  # shared by both sets
+        f.seek(100)
+        f.write(b"X")
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')
+    assert r["status"] == "broken" and r["version"] is None
+    assert r["report"] == ["version 2: 1.crt (crt) does not match its SHA-256 in the manifest",
+                           "falling back to version 1",
+                           "version 1: 1.crt (crt) does not match its SHA-256 in the manifest",
+                           "no intact credential set is left"]
+
+
+def test_boot_falls_back_to_previous_set(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    run(mpy, """
+st = CredentialStore("certs")
+st.stage(version=2, pins={"example.com": ["sha256/" + "A" * 43 + "=", "sha256/" + "B" * 43 + "="]})
+st.activate(); st.confirm()
+emit(1)
+""")
+    os.remove(os.path.join(mpy.cwd, "certs", "2.pins"))
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')
+    assert r["status"] == "fell_back" and r["version"] == 1 and r["pins"] == ["localhost"]
+    assert r["report"] == ["version 2: 2.pins (pins) is missing", "falling back to version 1"]
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')  # the fallback was made durable
+    assert r["status"] == "ok" and r["version"] == 1
+
+
+def test_corrupt_manifest_is_reported(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    with open(os.path.join(mpy.cwd, "certs", "manifest.json"), "r+b") as f:
+        f.seek(20)
+        f.write(b"#")
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')
+    assert r == {"status": "broken", "version": None, "report": ["manifest.json is corrupt; no set can be trusted"]}
+
+
+def test_empty_store_and_nothing_staged(mpy):
+    r = run(mpy, """
+st = CredentialStore("certs")
+emit({"s": summary(st), "act": attempt(st.activate)})
+""")
+    assert r["s"] == {"status": "empty", "version": None, "report": ["no credential set installed"]}
+    assert r["act"] == {"ok": False, "kind": "nothing_staged", "msg": "nothing_staged: stage() a set before activate()"}
+
+
+# ---- rejected stages ---------------------------------------------------------------------
+
+
+def reject(mpy, device, root_ca, stage_args):
+    seed(mpy, device, root_ca)
+    return run(mpy, """
+st = CredentialStore("certs")
+r = attempt(st.stage, %s)
+r["files"] = sorted(os.listdir("certs"))
+r["version"] = st.active().version
+emit(r)
+""" % stage_args)
+
+
+def assert_untouched(r):
+    assert r["version"] == 1
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+
+
+def test_reject_corrupt_certificate(mpy, device, root_ca):
+    bad = bytearray(device.der)
+    bad[1] ^= 0x01  # the outer length no longer fits
+    r = reject(mpy, device, root_ca, "version=2, identity=(%s, %s)" % (pyrepr(bad), pyrepr(device.key_der)))
+    assert r["kind"] == "bad_certificate"
+    assert r["msg"].startswith("bad_certificate: certificate 1 of the identity chain does not parse: DER:")
+    assert_untouched(r)
+
+
+def test_reject_key_that_does_not_match(mpy, device, root_ca, client_ca):
+    other = client_ca.issue(("device-2",), client=True, server=False)
+    r = reject(mpy, device, root_ca, "version=2, identity=(%s, %s)" % (pyrepr(device.pem), pyrepr(other.key_pem)))
+    assert r["kind"] == "key_mismatch"
+    assert r["msg"] == "key_mismatch: the private key does not belong to certificate 'CN=device-1,O=tlsguard tests'"
+    assert_untouched(r)
+
+
+def test_reject_rsa_key_that_does_not_match(mpy, device, root_ca):
+    rsa_ca = pki.CA("rsa device CA", kind="rsa")
+    a = rsa_ca.issue(("device-1",), client=True, server=False)
+    b = rsa_ca.issue(("device-1",), client=True, server=False)
+    r = reject(mpy, device, root_ca, "version=2, identity=(%s, %s)" % (pyrepr(a.der), pyrepr(b.key_der)))
+    assert r["kind"] == "key_mismatch"
+    r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=3, identity=(%s, %s)))"
+            % (pyrepr(a.der), pyrepr(a.key_der)))
+    assert r["ok"], r
+
+
+def test_reject_ec_key_for_rsa_certificate(mpy, device, root_ca):
+    rsa_leaf = pki.CA("rsa CA", kind="rsa").issue(("device-1",), client=True, server=False)
+    r = reject(mpy, device, root_ca, "version=2, identity=(%s, %s)" % (pyrepr(rsa_leaf.pem), pyrepr(device.key_pem)))
+    assert r["msg"] == "key_mismatch: the certificate holds an RSA key, the private key is EC"
+
+
+def test_reject_expired_certificate(mpy, device, root_ca, client_ca):
+    old = client_ca.issue(("device-1",), cn="device-1", client=True, server=False,
+                          not_before=pki.NOW - 400 * pki.DAY, not_after=pki.NOW - 2 * pki.DAY)
+    r = reject(mpy, device, root_ca, "version=2, identity=%s" % identity_expr(old))
+    assert r["kind"] == "expired"
+    assert r["msg"] == "expired: client certificate 'CN=device-1,O=tlsguard tests' expired on %s" % (
+        (pki.NOW - 2 * pki.DAY).strftime("%Y-%m-%d"))
+    assert_untouched(r)
+
+
+def test_reject_not_yet_valid_root(mpy, device, root_ca):
+    future = pki.CA("future root", not_before=pki.NOW + 10 * pki.DAY)
+    r = reject(mpy, device, root_ca, "version=2, roots=[%s]" % pyrepr(future.der))
+    assert r["kind"] == "not_yet_valid"
+    assert r["msg"] == "not_yet_valid: root 'CN=future root,O=tlsguard tests' is valid only from %s" % (
+        (pki.NOW + 10 * pki.DAY).strftime("%Y-%m-%d"))
+
+
+def test_reject_lower_version(mpy, device, root_ca):
+    r = reject(mpy, device, root_ca, "version=1, pins={}")
+    assert r["kind"] == "old_version"
+    assert r["msg"] == "old_version: version 1 is not newer than 1: an older or replayed update"
+    assert_untouched(r)
+
+
+def test_reject_bad_pins(mpy, device, root_ca):
+    r = reject(mpy, device, root_ca, "version=2, pins={'example.com': ['md5/abc']}")
+    assert r["kind"] == "bad_pins"
+    assert r["msg"] == "bad_pins: example.com: pin 'md5/abc': expected 'sha256/<base64>'"
+    assert_untouched(r)
+
+
+def test_reject_truncated_bundle(mpy, device, root_ca):
+    data = make_bundle(root_ca, pki.CA("another root"))
+    r = reject(mpy, device, root_ca, "version=2, bundle=%s" % pyrepr(data[:-10]))
+    assert r["kind"] == "bad_bundle"
+    assert r["msg"].startswith("bad_bundle: trust bundle refused: trust bundle certs/2.bundle: ")
+    assert_untouched(r)
+    r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=2, bundle=%s))" % pyrepr(data))
+    assert r["ok"], r
+
+
+# ---- update packages ---------------------------------------------------------------------
+
+KEY = b"per-device secret 0123456789abcdef"
+
+
+def write_pkg(mpy, name, blob):
+    with open(os.path.join(mpy.cwd, name), "wb") as f:
+        f.write(blob)
+
+
+def test_signed_package_applies_and_replay_is_refused(mpy, device, root_ca, client_ca):
+    seed(mpy, device, root_ca)
+    renewed = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
+    new_root = pki.CA("tlsguard new root")
+    bundle = make_bundle(root_ca, new_root)
+    blob = build_package(7, [("crt", renewed.chain_pem()), ("key", renewed.key_der),
+                             ("roots", root_ca.der + new_root.der), ("bundle", bundle)], key=KEY,
+                         remove=["pins"])
+    write_pkg(mpy, "p7.pkg", blob)
+    r = run(mpy, """
+st = CredentialStore("certs")
+r = {"apply": attempt(st.apply, "p7.pkg", key=%r)}
+st.activate(); st.confirm()
+r["s"] = summary(st)
+r["replay"] = attempt(st.apply, "p7.pkg", key=%r)
+r["bytes_replay"] = attempt(st.apply, open("p7.pkg", "rb").read(), key=%r)
+emit(r)
+""" % (KEY, KEY, KEY))
+    assert r["apply"] == {"ok": True, "value": 7}
+    assert r["s"]["version"] == 7 and r["s"]["roots"] == 2 and r["s"]["pins"] == []
+    assert r["s"]["identity"] == [1, len(renewed.der), len(renewed.key_der)]
+    with open(os.path.join(mpy.cwd, "certs", "7.bundle"), "rb") as f:
+        assert f.read() == bundle
+    assert r["replay"] == {"ok": False, "kind": "old_version",
+                           "msg": "old_version: package version 7 is not newer than 7: an older or replayed update"}
+    assert r["bytes_replay"] == r["replay"]
+
+
+def test_package_signature_and_integrity_errors(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    data = make_bundle(root_ca, pki.CA("another root"))
+    blob = build_package(5, [("bundle", data)], key=KEY)
+    tampered = bytearray(blob)
+    tampered[200] ^= 1
+    unsigned = build_package(5, [("bundle", data)])
+    # A bundle cut short inside a well-formed package: its size and SHA-256 no longer agree.
+    half = len(data) // 2
+    header = json.dumps({"version": 5, "files": [["bundle", half, hashlib.sha256(data).hexdigest()]]}).encode()
+    cut = b"TGPK\x01\x00" + len(header).to_bytes(2, "big") + header + data[:half]
+    for name, b in (("t", tampered), ("u", unsigned), ("c", cut), ("s", blob[:-40]), ("o", build_package(1, []))):
+        write_pkg(mpy, name + ".pkg", b)
+    r = run(mpy, """
+st = CredentialStore("certs")
+emit({
+  "wrong_key": attempt(st.apply, %r, key=b"another device's key"),
+  "tampered": attempt(st.apply, "t.pkg", key=%r),
+  "unsigned": attempt(st.apply, "u.pkg", key=%r),
+  "cut": attempt(st.apply, "c.pkg"),
+  "short": attempt(st.apply, "s.pkg", key=%r),
+  "older": attempt(st.apply, "o.pkg"),
+  "garbage": attempt(st.apply, b"hello"),
+  "files": sorted(os.listdir("certs")),
+})
+""" % (bytes(blob), KEY, KEY, KEY))
+    sig = "bad_signature: package signature does not verify with this device's key"
+    assert r["wrong_key"] == {"ok": False, "kind": "bad_signature", "msg": sig}
+    assert r["tampered"] == {"ok": False, "kind": "bad_signature", "msg": sig}
+    assert r["unsigned"] == {"ok": False, "kind": "bad_signature",
+                             "msg": "bad_signature: package is not signed and this device requires signatures"}
+    assert r["cut"] == {"ok": False, "kind": "bad_package",
+                        "msg": "bad_package: bundle does not match the package's SHA-256 (truncated or corrupted)"}
+    assert r["short"]["kind"] == "bad_package" and "truncated?" in r["short"]["msg"]
+    assert r["older"] == {"ok": False, "kind": "old_version",
+                          "msg": "old_version: package version 1 is not newer than 1: an older or replayed update"}
+    assert r["garbage"] == {"ok": False, "kind": "bad_package", "msg": "bad_package: not a tlsguard update package"}
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
