@@ -41,13 +41,29 @@ def _cmp4(a, b):
     return 0
 
 
-def _tl(tag, n):
-    """DER tag and length bytes for a value of n bytes."""
+def _tlen(n):
+    """Size of a DER tag and length for a value of n bytes (values here stay under 64 KB)."""
+    return 2 if n < 0x80 else 3 if n < 0x100 else 4
+
+
+def _put_tl(out, p, tag, n):
+    out[p] = tag
     if n < 0x80:
-        return bytes((tag, n))
+        out[p + 1] = n
+        return p + 2
     if n < 0x100:
-        return bytes((tag, 0x81, n))
-    return bytes((tag, 0x82, n >> 8, n & 0xFF))
+        out[p + 1] = 0x81
+        out[p + 2] = n
+        return p + 3
+    out[p + 1] = 0x82
+    out[p + 2] = n >> 8
+    out[p + 3] = n & 0xFF
+    return p + 4
+
+
+def _put_bytes(out, p, data):
+    out[p:p + len(data)] = data
+    return p + len(data)
 
 
 def civil_from_days(z):
@@ -63,34 +79,72 @@ def civil_from_days(z):
     return yoe + era * 400 + (m <= 2), m, d
 
 
-def _time(secs):
-    """UTCTime (1950-2049) or GeneralizedTime DER of seconds since 1970, as RFC 5280 asks."""
+def _time_len(secs):
+    y = civil_from_days(secs // 86400)[0]
+    return 15 if 1950 <= y < 2050 else 17
+
+
+def _put_time(out, p, secs):
+    """UTCTime (1950-2049) or GeneralizedTime of seconds since 1970, as RFC 5280 asks, written
+    digit by digit: string formatting would cost the heap more than the whole certificate."""
     days, rem = divmod(secs, 86400)
     y, mo, d = civil_from_days(days)
-    hms = (rem // 3600, rem // 60 % 60, rem % 60)
     if 1950 <= y < 2050:
-        return b"\x17\x0d" + ("%02d%02d%02d%02d%02d%02dZ" % ((y % 100, mo, d) + hms)).encode()
-    return b"\x18\x0f" + ("%04d%02d%02d%02d%02d%02dZ" % ((y, mo, d) + hms)).encode()
+        out[p], out[p + 1] = 0x17, 13
+        fields = (y % 100, mo, d, rem // 3600, rem // 60 % 60, rem % 60)
+        p += 2
+    else:
+        out[p], out[p + 1] = 0x18, 15
+        fields = (y // 100, y % 100, mo, d, rem // 3600, rem // 60 % 60, rem % 60)
+        p += 2
+    for v in fields:
+        out[p] = 48 + v // 10
+        out[p + 1] = 48 + v % 10
+        p += 2
+    out[p] = 0x5A  # Z
+    return p + 1
 
 
-def minimal_cert(subject, spki, not_before, not_after, pathlen=None):
-    """A self-issued CA certificate with just what mbedTLS checks on a trust anchor."""
-    bc = b"\x01\x01\xff"
+def minimal_cert(subject, spki_len, not_before, not_after, pathlen=None):
+    """A self-issued CA certificate with just what mbedTLS checks on a trust anchor, as
+    (bytearray, offset): the caller writes the SPKI's spki_len bytes at offset."""
+    bc = 3 + ((4 if pathlen >= 0x80 else 3) if pathlen is not None else 0)
+    bc_seq = _tlen(bc) + bc
+    ext = len(_BC_OID) + _tlen(bc_seq) + bc_seq
+    ext_seq = _tlen(ext) + ext
+    exts = _tlen(ext_seq) + ext_seq
+    validity = _time_len(not_before) + _time_len(not_after)
+    tbs = (len(_TBS_HEAD) + 2 * len(subject) + _tlen(validity) + validity + spki_len
+           + _tlen(exts) + exts)
+    body = _tlen(tbs) + tbs + len(_SIG_ALG) + 4
+    out = bytearray(_tlen(body) + body)
+    p = _put_tl(out, 0, 0x30, body)
+    p = _put_tl(out, p, 0x30, tbs)
+    p = _put_bytes(out, p, _TBS_HEAD)
+    p = _put_bytes(out, p, subject)  # issuer
+    p = _put_tl(out, p, 0x30, validity)
+    p = _put_time(out, p, not_before)
+    p = _put_time(out, p, not_after)
+    p = _put_bytes(out, p, subject)
+    spki_at = p
+    p = _put_tl(out, p + spki_len, 0xA3, exts)
+    p = _put_tl(out, p, 0x30, ext_seq)
+    p = _put_tl(out, p, 0x30, ext)
+    p = _put_bytes(out, p, _BC_OID)
+    p = _put_tl(out, p, 0x04, bc_seq)
+    p = _put_tl(out, p, 0x30, bc)
+    out[p:p + 3] = b"\x01\x01\xff"
+    p += 3
     if pathlen is not None:
-        bc += (b"\x02\x02\x00" if pathlen >= 0x80 else b"\x02\x01") + bytes((pathlen,))
-    bc = _tl(0x30, len(bc)) + bc
-    ext = _BC_OID + _tl(0x04, len(bc)) + bc
-    ext = _tl(0x30, len(ext)) + ext
-    ext = _tl(0x30, len(ext)) + ext
-    validity = _time(not_before) + _time(not_after)
-    parts = (_TBS_HEAD, subject, _tl(0x30, len(validity)), validity, subject, spki,
-             _tl(0xA3, len(ext)), ext)
-    n = 0
-    for p in parts:
-        n += len(p)
-    tbs = _tl(0x30, n)
-    total = len(tbs) + n + len(_SIG_ALG) + 4
-    return b"".join((_tl(0x30, total), tbs) + parts + (_SIG_ALG, b"\x03\x02\x00\x00"))
+        if pathlen >= 0x80:
+            out[p:p + 4] = b"\x02\x02\x00" + bytes((pathlen,))
+            p += 4
+        else:
+            out[p:p + 3] = b"\x02\x01" + bytes((pathlen,))
+            p += 3
+    p = _put_bytes(out, p, _SIG_ALG)
+    out[p:p + 4] = b"\x03\x02\x00\x00"
+    return out, spki_at
 
 
 class TrustStore:
@@ -216,7 +270,10 @@ class TrustStore:
             f.seek(pos)
             if f.read(hl + n) != subject:
                 return None
-            spki = f.read(end - pos - hl - n)
+            spki_len = end - pos - hl - n
+            der, at = minimal_cert(subject, spki_len, not_before, not_after, pathlen)
+            if f.readinto(memoryview(der)[at:at + spki_len]) != spki_len:
+                raise ValueError("key truncated")
         except ValueError as e:
             raise BundleError(self.path, "malformed entry at offset %d (%s)" % (start, e))
-        return minimal_cert(subject, spki, not_before, not_after, pathlen)
+        return bytes(der)  # mbedTLS's load_verify_locations takes bytes, not bytearray
