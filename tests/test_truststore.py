@@ -380,3 +380,14 @@ def test_bundle_bytes_vs_esp_idf_and_floor(mozilla):
         size = len(f.read())
     esp, floor = bundle.sizes(mozilla)
     assert floor < size <= esp * 1.10
+
+
+def test_self_signed_server_kept_as_full_der_verifies(mpy, serve, tmp_path, mozilla):
+    # Not a CA, so the bundle keeps its whole DER: mbedTLS trusts such a leaf only byte for byte.
+    leaf = pki.self_signed_leaf()
+    path = tmp_path / "roots.bin"
+    path.write_bytes(bundle.build(mozilla + [leaf.cert], BUILD_TIME))
+    srv = serve(leaf)
+    first, second = session(mpy, str(path), [srv.port, srv.port])
+    assert first["ok"] and first["handshakes"] == 2
+    assert second["ok"] and second["handshakes"] == 1
