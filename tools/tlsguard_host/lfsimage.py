@@ -11,12 +11,13 @@ from tlsguard_host.cli import CLIError
 BLOCK = 4096
 # VfsLfs2 defaults in MicroPython's esp32 port.
 GEOMETRY = dict(block_size=BLOCK, read_size=32, prog_size=32, lookahead_size=32, name_max=255)
-# name: (vfs partition offset, size). GENERIC is the stock 4 MiB partition table (v1.26+).
+# name: (vfs partition offset, size). generic-4mb: what ESP32 GENERIC (v1.26+) registers at run
+# time; the others follow the end of the app partitions in MicroPython's partitions-4MiB-ota.csv
+# and partitions-2MiB.csv. --offset/--size cover any other table.
 LAYOUTS = {
     "generic-4mb": (0x200000, 0x200000),
-    "ota-4mb": (0x390000, 0x70000),
-    "generic-2mb": (0x1E0000, 0x20000),
-    "generic-8mb": (0x200000, 0x600000),
+    "ota-4mb": (0x310000, 0x0F0000),
+    "generic-2mb": (0x120000, 0x0A0000),
 }
 
 # MicroPython source: a block device over an image file, mounted at /flash like the ESP32's vfs
@@ -56,9 +57,9 @@ def build(files, blocks):
     """Bytes of a fresh image holding `files` ({board path: bytes})."""
     from littlefs import LittleFSError
     fs = _lfs(blocks)
-    fs.format()
-    fs.mount()
     try:
+        fs.format()
+        fs.mount()
         for path, data in sorted(files.items()):
             parent = os.path.dirname(path)
             if parent:
@@ -66,10 +67,10 @@ def build(files, blocks):
             with fs.open(path, "wb") as f:
                 f.write(data)
     except LittleFSError as e:
-        if e.code == LittleFSError.Error.LFS_ERR_NOSPC:
+        if e.code == -28:  # LFS_ERR_NOSPC
             raise CLIError("the files do not fit in %d KiB of flash (choose a larger --layout)"
                            % (blocks * BLOCK // 1024))
-        raise
+        raise CLIError("littlefs could not build the image: %s" % e)
     fs.unmount()
     return bytes(fs.context.buffer)
 
