@@ -20,6 +20,8 @@ MODES = ("verify", "pin_only", "insecure")
 _ABORT = -0x3000
 _POLL = 3
 _GOOD_VERSIONS = ("TLSv1.2", "TLSv1.3")
+# Failures a credential set on trial can cause (client certificate, roots, bundle, pins).
+_SET_FAULTS = ("handshake_failed", "untrusted_root", "pin_mismatch", "bad_certificate")
 # Anchors discovered for a host but not yet verified stay in RAM only: at most this many hosts,
 # this many anchors each.
 _PENDING_HOSTS = 4
@@ -109,11 +111,15 @@ class SecureContext:
     connection verifies.
     time_servers: NTP servers ("host" or (host, port)) to sync from before a handshake when the
     clock is below tlsguard.clock_floor(trust); resync (s), floor_fallback and time_options
-    (TimeSync keywords: timeout, attempts, combine, ...) as timesync.ClockPolicy documents."""
+    (TimeSync keywords: timeout, attempts, combine, ...) as timesync.ClockPolicy documents.
+    store: a CredentialStore. Its active set's roots (added to cadata), identity, pins and
+    bundle (the trust store) are taken at every handshake, so a switch applies to the next
+    connection; a set on trial is confirmed by the first data its server sends and counted
+    failed when its server refuses it. Sockets carry the store `generation` they were made with."""
 
     def __init__(self, cadata=None, trust=None, pins=None, mode="verify", identity=None,
                  anchor_cache=None, time_servers=None, resync=None, floor_fallback=False,
-                 time_options=None):
+                 time_options=None, store=None):
         if mode not in MODES:
             raise ValueError("mode must be one of %s" % (MODES,))
         if not platform.CAN_VERIFY and mode != "insecure":
@@ -147,9 +153,38 @@ class SecureContext:
         self.last_handshake = None
         self.handshakes = 0  # handshakes started, retries included
         if trust is not None:
-            self._cache = AnchorCache(anchor_cache or trust.path + ".hosts")
-            self._private = [(Certificate(der).subject_der, der) for der in self.anchors]
-            self._pending = {}
+            self._use_trust(trust, anchor_cache)
+        self.store = store
+        self._store_gen = None
+        self._given = (self.anchors, self.identity, self.pins, trust, anchor_cache)
+
+    def _use_trust(self, trust, anchor_cache):
+        self.trust = trust
+        self._cache = AnchorCache(anchor_cache or trust.path + ".hosts")
+        self._private = [(Certificate(der).subject_der, der) for der in self.anchors]
+        self._pending = {}
+
+    def _sync_store(self):
+        """Take the store's active set if it changed since the last handshake."""
+        store = self.store
+        if store is None or store.generation == self._store_gen:
+            return
+        anchors, identity, pins, trust, cache = self._given
+        active = store.active()
+        if active is not None:
+            anchors = anchors + active.roots
+            identity = active.identity or identity
+            pins = Pins(active.pins) if active.pins else pins
+            if active.bundle_path:
+                from tlsguard.truststore import TrustStore
+                # The cache lives beside the store folder: files inside it belong to sets.
+                trust, cache = TrustStore(active.bundle_path), cache or store.path + ".hosts"
+        self.anchors, self.identity, self.pins = anchors, identity, pins
+        self.trust = trust
+        if trust is not None:
+            self._use_trust(trust, cache)
+        self._idle = None  # built with the previous set's identity and anchors
+        self._store_gen = store.generation
 
     def _anchors_for(self, host):
         """(anchor DERs for host, learned): all cadata without a trust store; else discovered
@@ -231,6 +266,7 @@ class SecureContext:
             except TLSError:
                 _close(sock)
                 raise
+        self._sync_store()
         if self.mode == "insecure":
             print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % server_hostname)
         elif not server_hostname:
@@ -249,11 +285,21 @@ class SecureContext:
         except Exception as e:  # noqa: BLE001 - every failure is diagnosed
             self._release_tls(ctx, hs)
             _close(sock)
-            raise self._diagnose(e, hs)
+            raise self._failed(e, hs)
         tsock = TLSSocket(self, ctx, hs, raw, sock)
+        tsock.generation = self._store_gen
+        tsock._unproven = self.store is not None and self.store.trial
         if do_handshake_on_connect:
             tsock._handshake_done()
         return tsock
+
+    def _failed(self, exc, hs):
+        """The diagnosis of a failed handshake, counted against a credential set on trial when
+        the set can be at fault (not the network, the clock or the server's own certificate)."""
+        err = self._diagnose(exc, hs)
+        if (self.store is not None and err.kind in _SET_FAULTS and not getattr(err, "retry", False)):
+            self.store.handshake_failed()
+        return err
 
     def _diagnose(self, exc, hs):
         if self.trust is None or self.mode != "verify":
@@ -310,6 +356,8 @@ class TLSSocket(io.IOBase):
         self._raw = raw
         self._poller = None
         self.peer_der = None
+        self.generation = None
+        self._unproven = False  # made with a trial set that its server has not yet accepted
 
     def _fail(self, exc):
         hs = self._hs
@@ -318,7 +366,7 @@ class TLSSocket(io.IOBase):
         self._hs = None
         self._context._release_tls(self._tls_ctx, hs)
         _close(self._sock)
-        raise self._context._diagnose(exc, hs)
+        raise self._context._failed(exc, hs)
 
     def _handshake_done(self):
         hs = self._hs
@@ -338,19 +386,32 @@ class TLSSocket(io.IOBase):
         try:
             r = fn(*args)
         except Exception as e:  # noqa: BLE001
+            if self._unproven and self._hs is None:
+                # With TLS 1.3 a server refuses a client certificate after the client's
+                # handshake is over: the first read fails.
+                self._unproven = False
+                self._context.store.handshake_failed()
             self._fail(e)
         if self._hs is not None and r is not None:
             self._handshake_done()
         return r
 
+    def _received(self, r):
+        # Data from the server is the proof that it accepted the trial set (see _io).
+        if r and self._unproven:
+            self._unproven = False
+            self._context.store.handshake_ok()
+        return r
+
     def read(self, n=-1):
-        return self._io(self._sock.read, n)
+        return self._received(self._io(self._sock.read, n))
 
     def readinto(self, buf, n=None):
-        return self._io(self._sock.readinto, buf) if n is None else self._io(self._sock.readinto, buf, n)
+        return self._received(self._io(self._sock.readinto, buf) if n is None else
+                              self._io(self._sock.readinto, buf, n))
 
     def readline(self):
-        return self._io(self._sock.readline)
+        return self._received(self._io(self._sock.readline))
 
     def write(self, buf):
         return self._io(self._sock.write, buf)

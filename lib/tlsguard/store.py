@@ -320,6 +320,11 @@ class CredentialStore:
     # ---- staging ---------------------------------------------------------------------------
 
     @property
+    def trial(self):
+        """True while the active set is on trial."""
+        return self._trial
+
+    @property
     def version(self):
         return self._sets[0]["version"] if self._sets else 0
 
