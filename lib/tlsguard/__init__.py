@@ -2,6 +2,7 @@
 from tlsguard.context import SecureContext, TLSSocket, connect
 from tlsguard.errors import TLSError
 from tlsguard.pins import PinSet, spki_pin
+from tlsguard.store import CredentialStore
 from tlsguard.timesync import clock_floor, sync_time
 from tlsguard.truststore import BundleError, TrustStore
 from tlsguard.x509 import Certificate
