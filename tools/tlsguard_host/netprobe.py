@@ -2,6 +2,7 @@
 (unverified, as a device would receive it) and probe which TLS versions it accepts."""
 import socket
 import ssl
+import warnings
 
 from cryptography import x509
 
@@ -23,14 +24,18 @@ def parse_hostport(text):
 
 
 def _context(version=None):
+    """An unverifying client that accepts what a server offers, down to TLS 1.0: a diagnosis must
+    see the chain of a badly configured server, and OpenSSL's default security level would refuse
+    TLS 1.0/1.1 outright."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    if version is not None:
-        # OpenSSL's default security level refuses TLS 1.0/1.1 outright; a probe must be able to
-        # see that a server still accepts them.
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
-        ctx.minimum_version = ctx.maximum_version = version
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = version or ssl.TLSVersion.TLSv1
+        if version is not None:
+            ctx.maximum_version = version
     return ctx
 
 

@@ -1,0 +1,168 @@
+"""`tlsguard doctor HOST:PORT`: diagnose, from the host, a server the devices will use: the chain
+it presents with dates and pins, hostname match, TLS versions it accepts, which trust anchor (the
+trust bundle, certifi's roots or --cafile) it chains to, and the tlsguard error kind a device with
+that trust would get. Exit 0 when a device would connect, 1 when it would not."""
+import datetime
+import ipaddress
+import os
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tlsguard_host.certfile import common_name, load_certs, read_file, spki_der, spki_pin
+from tlsguard_host.cli import CLIError
+from tlsguard_host.cmd_mpy import ROOT
+from tlsguard_host.netprobe import accepted_versions, fetch_chain, parse_hostport
+
+DEFAULT_BUNDLE = os.path.join(ROOT, "certs", "roots.bin")
+SOON = datetime.timedelta(days=30)
+# mbedTLS's default X.509 profile: SHA-2 signatures, RSA keys of 2048 bits or more.
+WEAK_HASHES = (hashes.MD5, hashes.SHA1)
+
+
+def load_anchors(args):
+    """[(certificate, where from)] the device would trust."""
+    anchors = []
+    for path in args.cafile or ():
+        anchors += [(c, path) for c in load_certs(path, "--cafile")]
+    if args.no_bundle:
+        return anchors
+    path = args.bundle or DEFAULT_BUNDLE
+    if os.path.exists(path) or args.bundle:
+        from tlsguard_host.bundle import Bundle, BundleFormatError
+        try:
+            bundle = Bundle(read_file(path, "trust bundle"))
+        except BundleFormatError as e:
+            raise CLIError("trust bundle %s: %s" % (path, e))
+        return anchors + [(e.cert, "bundle %s" % os.path.basename(path)) for e in bundle.entries]
+    import certifi
+    return anchors + [(c, "certifi") for c in load_certs(certifi.where())]
+
+
+def _issued_by(cert, issuer):
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (InvalidSignature, ValueError, TypeError):  # a bad signature, or a key type it cannot use
+        return False
+
+
+def chain_to_anchor(chain, anchors):
+    """(path of presented certs used, (anchor, source)) or (path, None) when no anchor is reached."""
+    path = [chain[0]]
+    for _ in range(8):
+        cur = path[-1]
+        for anchor, source in anchors:
+            if (anchor.subject == cur.subject and spki_der(anchor) == spki_der(cur)) or _issued_by(cur, anchor):
+                return path, (anchor, source)
+        nxt = next((c for c in chain if c not in path and _issued_by(cur, c)), None)
+        if nxt is None:
+            return path, None
+        path.append(nxt)
+    return path, None
+
+
+def hostname_matches(cert, name):
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return common_name(cert.subject).lower() == name.lower(), [common_name(cert.subject)]
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    try:
+        return str(ipaddress.ip_address(name)) in ips, dns + ips
+    except ValueError:
+        pass
+    name = name.lower().rstrip(".")
+    for pattern in dns:
+        pattern = pattern.lower()
+        if pattern == name or (pattern.startswith("*.") and name.split(".", 1)[-1] == pattern[2:]
+                               and "." in name):
+            return True, dns + ips
+    return False, dns + ips
+
+
+def _weakness(cert):
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        return "RSA-%d key (mbedTLS needs 2048 bits or more)" % key.key_size
+    if isinstance(cert.signature_hash_algorithm, WEAK_HASHES):
+        return "%s signature" % cert.signature_hash_algorithm.name.upper()
+    return None
+
+
+def verdict(versions, chain, path, anchor, name_ok, pins, now):
+    """(kind or None, reason), in the order the device meets the problems."""
+    if "TLSv1.2" not in versions and "TLSv1.3" not in versions:
+        return "weak_protocol", "the server accepts only %s" % (", ".join(versions) or "no version we tried")
+    if pins and not {spki_pin(c) for c in chain} & set(pins):
+        return "pin_mismatch", "no certificate of the chain matches the given pins"
+    checked = path + ([anchor[0]] if anchor else [])
+    for c in path:
+        weak = _weakness(c)
+        if weak:
+            return "bad_certificate", "'%s': %s" % (common_name(c.subject), weak)
+    for c in checked:
+        if c.not_valid_before_utc > now:
+            return "not_yet_valid", "'%s' is valid from %s" % (common_name(c.subject), c.not_valid_before_utc.date())
+    if anchor is None:
+        top = path[-1]
+        return "untrusted_root", "no trusted anchor for issuer '%s'%s" % (
+            common_name(top.issuer), "" if top.issuer != top.subject else " (self-signed)")
+    for c in checked:
+        if c.not_valid_after_utc < now:
+            return "expired", "'%s' expired on %s" % (common_name(c.subject), c.not_valid_after_utc.date())
+    if not name_ok:
+        return "hostname_mismatch", "the certificate does not name the host"
+    return None, "a device with this trust and a set clock would connect"
+
+
+def run(args):
+    hp = parse_hostport(args.target)
+    if hp is None:
+        raise CLIError("%s: expected HOST:PORT" % args.target)
+    host, port = hp
+    name = args.name or host
+    anchors = load_anchors(args)
+    presented = fetch_chain(host, port, args.timeout)
+    versions = accepted_versions(host, port, args.timeout)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    print("server %s:%d (checked as %s): %s, %s" % (host, port, name, presented.version, presented.cipher))
+    print("TLS versions accepted: %s" % (", ".join(versions) or "none"))
+    print("chain presented (%d):" % len(presented.chain))
+    for depth, c in enumerate(presented.chain):
+        left = c.not_valid_after_utc - now
+        note = " EXPIRED" if left.total_seconds() < 0 else (" expires in %d days" % left.days if left < SOON else "")
+        print("  %d %s\n    issuer %s\n    valid %s .. %s%s\n    %s" % (
+            depth, c.subject.rfc4514_string(), c.issuer.rfc4514_string(), c.not_valid_before_utc.date(),
+            c.not_valid_after_utc.date(), note, spki_pin(c)))
+    name_ok, names = hostname_matches(presented.chain[0], name)
+    print("hostname: %s %s (certificate names: %s)" % (name, "matches" if name_ok else "DOES NOT match",
+                                                        ", ".join(names)))
+    path, anchor = chain_to_anchor(presented.chain, anchors)
+    if anchor:
+        print("chains to: %s (%s)" % (anchor[0].subject.rfc4514_string(), anchor[1]))
+    else:
+        print("chains to: no trusted anchor among %d" % len(anchors))
+    kind, reason = verdict(versions, presented.chain, path, anchor, name_ok, args.pin, now)
+    if kind:
+        print("device would get: %s: %s" % (kind, reason))
+        return 1
+    print("device would get: no error (%s; an unset clock still gives clock_unset)" % reason)
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("doctor", help="diagnose a server the devices will connect to")
+    p.add_argument("target", metavar="HOST:PORT")
+    p.add_argument("--name", help="host name the devices use, if not HOST (e.g. connecting by IP)")
+    p.add_argument("--cafile", action="append", metavar="PEM", help="extra trust anchors (a private CA root)")
+    p.add_argument("--bundle", help="trust bundle (default certs/roots.bin, else certifi's roots)")
+    p.add_argument("--no-bundle", action="store_true", help="trust only --cafile")
+    p.add_argument("--pin", action="append", metavar="sha256/...", help="pins the device enforces")
+    p.add_argument("--timeout", type=float, default=10)
+    p.set_defaults(func=run)
