@@ -59,7 +59,7 @@ def seed(mpy, device, root_ca, version=1):
         f.write(make_bundle(root_ca))
     return run(mpy, """
 st = CredentialStore("certs")
-st.stage(version=%d, identity=%s, roots=[%s], pins={"localhost": [%r]}, bundle="bundle.bin")
+st.stage(version=%d, identity=%s, roots=[%s], pins={"pinned.example": [%r]}, bundle="bundle.bin")
 st.activate()
 emit(summary(st))
 """ % (version, identity_expr(device), pyrepr(root_ca.der), pin))
@@ -86,7 +86,7 @@ def test_first_set_is_active_and_survives_restart(mpy, device, root_ca):
     r = run(mpy, 'emit(summary(CredentialStore("certs")))')
     assert r["status"] == "ok" and r["version"] == 1 and r["report"] == ["version 1 loaded"]
     assert r["identity"] == [1, len(device.der), len(device.key_der)]
-    assert r["roots"] == 1 and r["pins"] == ["localhost"] and r["bundle"] == "certs/1.bundle"
+    assert r["roots"] == 1 and r["pins"] == ["pinned.example"] and r["bundle"] == "certs/1.bundle"
     with open(mpy.cwd + "/certs/manifest.json", "rb") as f:
         body, check = f.read().split(b"\n")[:2]
     assert hashlib.sha256(body).hexdigest().encode() == check
@@ -152,7 +152,7 @@ s["none"] = attempt(st.rollback)
 emit(s)
 """)
     assert r["after"]["pins"] == [] and r["after"]["bundle"] is None
-    assert r["back"]["version"] == 1 and r["back"]["pins"] == ["localhost"]
+    assert r["back"]["version"] == 1 and r["back"]["pins"] == ["pinned.example"]
     assert r["back"]["report"][-1] == "version 2 rolled back to version 1: requested"
     assert r["none"] == {"ok": False, "kind": "no_previous",
                          "msg": "no_previous: there is no previous set to roll back to"}
@@ -204,7 +204,7 @@ emit(1)
 """)
     os.remove(os.path.join(mpy.cwd, "certs", "2.pins"))
     r = run(mpy, 'emit(summary(CredentialStore("certs")))')
-    assert r["status"] == "fell_back" and r["version"] == 1 and r["pins"] == ["localhost"]
+    assert r["status"] == "fell_back" and r["version"] == 1 and r["pins"] == ["pinned.example"]
     assert r["report"] == ["version 2: 2.pins (pins) is missing", "falling back to version 1"]
     r = run(mpy, 'emit(summary(CredentialStore("certs")))')  # the fallback was made durable
     assert r["status"] == "ok" and r["version"] == 1
@@ -399,3 +399,183 @@ emit({
                           "msg": "old_version: package version 1 is not newer than 1: an older or replayed update"}
     assert r["garbage"] == {"ok": False, "kind": "bad_package", "msg": "bad_package: not a tlsguard update package"}
     assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+
+
+# ---- SecureContext(store=) against real servers --------------------------------------------
+
+CONN = """
+import sys
+def pause(obj):
+    emit(obj)
+    sys.stdin.readline()
+st = CredentialStore("certs", max_failures=%d)
+ctx = tlsguard.SecureContext(store=st)
+def conn(port):
+    try:
+        s = tlsguard.connect("localhost", port, context=ctx, timeout=10)
+        s.write(b"ping\\n")
+        line = s.readline()
+        s.close()
+        return {"ok": line == b"echo:ping\\n", "v": st.version, "gen": s.generation, "trial": st.trial}
+    except tlsguard.TLSError as e:
+        return {"ok": False, "kind": e.kind, "msg": str(e), "hint": e.hint, "v": st.version, "trial": st.trial}
+    except OSError as e:
+        return {"ok": False, "kind": "OSError", "msg": str(e), "v": st.version, "trial": st.trial}
+"""
+
+
+class Device:
+    """A device script that runs on while the host acts between its steps: the script calls
+    pause(obj); next() returns obj, and go() lets the script continue."""
+
+    def __init__(self, mpy, code, max_failures=3):
+        import subprocess
+        from conftest import MICROPYTHON, PRELUDE
+        path = os.path.join(mpy.cwd, "_dev.py")
+        with open(path, "w") as f:
+            f.write(PRELUDE + PRE + CONN % max_failures + code)
+        self.proc = subprocess.Popen([MICROPYTHON, path], cwd=mpy.cwd, env=mpy.env(), text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines = []
+
+    def next(self):
+        from conftest import RESULT
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith(RESULT):
+                return json.loads(line[len(RESULT):])
+        raise AssertionError("device script ended:\n" + "".join(self.lines))
+
+    def go(self):
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def device_script(mpy):
+    started = []
+
+    def start(code, **kw):
+        d = Device(mpy, code, **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.close()
+
+
+def client_ca_file(tmp_path, *cas):
+    path = tmp_path / "clients.pem"
+    path.write_bytes(b"".join(ca.pem for ca in cas))
+    return str(path)
+
+
+def test_refused_client_certificate_rolls_back_after_n_failures(mpy, serve, tmp_path, device, root_ca,
+                                                                inter_ca, client_ca, device_script):
+    seed(mpy, device, root_ca)
+    srv = serve(inter_ca.issue(), client_ca=client_ca_file(tmp_path, client_ca))
+    stranger = pki.CA("stranger CA").issue(("device-1",), cn="device-1", client=True, server=False)
+    d = device_script("""
+r = [conn(%d)]
+st.stage(version=2, identity=%s)
+st.activate()
+r += [conn(%d) for i in range(4)]
+emit({"r": r, "status": st.status, "report": st.report})
+""" % (srv.port, identity_expr(stranger), srv.port))
+    out = d.next()
+    r = out["r"]
+    assert r[0] == {"ok": True, "v": 1, "gen": 0, "trial": False}
+    for i in (1, 2, 3):
+        assert r[i]["ok"] is False and r[i]["kind"] == "handshake_failed", r[i]
+        assert "refused this device's client certificate" in r[i]["msg"]
+    assert [x["v"] for x in r[1:4]] == [2, 2, 1]  # the third refusal rolled back
+    assert r[4] == {"ok": True, "v": 1, "gen": 2, "trial": False}
+    assert out["status"] == "rolled_back"
+    assert out["report"][-1] == "version 2 rolled back to version 1: 3 failed handshakes on trial"
+    assert srv.client_certs[0] == device.der and srv.client_certs[-1] == device.der
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')
+    assert r["version"] == 1 and r["status"] == "ok"
+
+
+def test_certificate_renewal_before_expiry(mpy, serve, tmp_path, root_ca, inter_ca, client_ca, device_script):
+    expiring = client_ca.issue(("device-1",), cn="device-1", client=True, server=False,
+                               not_after=pki.NOW + 2 * pki.DAY)
+    seed(mpy, expiring, root_ca)
+    srv = serve(inter_ca.issue(), client_ca=client_ca_file(tmp_path, client_ca))
+    renewed = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
+    d = device_script("""
+from tlsguard.x509 import Certificate
+days = (Certificate(st.active().identity[0]).not_valid_after - tlsguard.platform.now()) // 86400
+r = [conn(%d)]
+st.stage(version=2, identity=%s)
+st.activate()
+r.append({"trial": st.trial})
+r.append(conn(%d))
+emit({"days": days, "r": r, "report": st.report})
+""" % (srv.port, identity_expr(renewed), srv.port))
+    out = d.next()
+    assert out["days"] == 1  # under two days left: time to renew
+    assert out["r"] == [{"ok": True, "v": 1, "gen": 0, "trial": False}, {"trial": True},
+                        {"ok": True, "v": 2, "gen": 1, "trial": False}]  # the server's reply confirmed it
+    assert out["report"][-2:] == ["version 2 activated (on trial)", "version 2 confirmed"]
+    assert srv.client_certs == [expiring.der, renewed.der]
+    r = run(mpy, 'emit(summary(CredentialStore("certs")))')
+    assert r["version"] == 2 and r["status"] == "ok" and r["report"] == ["version 2 loaded"]
+
+
+def migration(tmp_path, old_root):
+    new_root = pki.CA("tlsguard new root")
+    new_inter = new_root.intermediate("tlsguard new intermediate")
+    crt, key = new_inter.issue().write(tmp_path, "new-chain")
+    return new_root, crt, key
+
+
+def test_root_migration_update_first(mpy, serve, tmp_path, device, root_ca, inter_ca, device_script):
+    seed(mpy, device, root_ca)
+    srv = serve(inter_ca.issue())
+    new_root, crt, key = migration(tmp_path, root_ca)
+    d = device_script("""
+r = [conn(%d)]
+st.stage(version=2, roots=[%s, %s], pins={}, bundle=b"")
+st.activate()
+r.append(conn(%d))
+pause(r)
+emit([conn(%d), conn(%d)])
+""" % (srv.port, pyrepr(root_ca.der), pyrepr(new_root.der), srv.port, srv.port, srv.port))
+    assert d.next() == [{"ok": True, "v": 1, "gen": 0, "trial": False},
+                        {"ok": True, "v": 2, "gen": 1, "trial": False}]
+    srv.reload(crt, key)  # the server moves to the chain under the new root
+    d.go()
+    assert d.next() == [{"ok": True, "v": 2, "gen": 1, "trial": False}] * 2
+
+
+def test_root_migration_server_first(mpy, serve, tmp_path, device, root_ca, inter_ca, device_script):
+    seed(mpy, device, root_ca)
+    srv = serve(inter_ca.issue())
+    new_root, crt, key = migration(tmp_path, root_ca)
+    d = device_script("""
+r = [conn(%d)]
+pause(r)
+r = [conn(%d)]
+st.stage(version=2, roots=[%s, %s])
+st.activate()
+r.append(conn(%d))
+emit(r)
+""" % (srv.port, srv.port, pyrepr(root_ca.der), pyrepr(new_root.der), srv.port))
+    assert d.next() == [{"ok": True, "v": 1, "gen": 0, "trial": False}]
+    srv.reload(crt, key)
+    d.go()
+    r = d.next()
+    assert r[0]["ok"] is False and r[0]["kind"] == "untrusted_root", r[0]
+    assert "tlsguard new" in r[0]["msg"]
+    assert r[0]["hint"] == ("Add the root CA that issued this chain (cadata=, the trust bundle, or the "
+                            "credential store), or make the server send its intermediates.")
+    assert r[0]["v"] == 1 and r[0]["trial"] is False  # a set not on trial is never rolled back
+    assert r[1] == {"ok": True, "v": 2, "gen": 1, "trial": False}
