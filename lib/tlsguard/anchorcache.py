@@ -17,7 +17,7 @@ def spki_ref(spki):
 
 
 def _records(f):
-    """(host, [(subject, ref)], raw record bytes) for each record; stops at the first damage."""
+    """(host, [(subject, ref)]) for each record; stops at the first damaged one."""
     while True:
         n = f.read(1)
         if not n:
