@@ -262,7 +262,7 @@ emit([timesync.clock_floor(), timesync.clock_floor(Bundle()), attempt([('127.0.0
 
 def test_large_jump_of_sane_clock_is_flagged(mpy, hostile, tmp_path):
     srv = hostile()
-    two_hours_slow = datetime.datetime.utcfromtimestamp(time.time() - 7200).strftime("%Y-%m-%d %H:%M:%S")
+    two_hours_slow = datetime.datetime.fromtimestamp(time.time() - 7200, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     env = ntp_servers.faketime_env(tmp_path, two_hours_slow)
     body = """
 ts = timesync.TimeSync([('127.0.0.1', %d)], jump_limit=600)
