@@ -11,34 +11,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 TLSGUARD = os.path.join(BIN, "tlsguard")
 MICROPYTHON = os.path.join(BIN, "micropython")
-BLOCK = 4096
 
-# Runs inside MicroPython: mount the image at /flash like the ESP32 port mounts its vfs partition,
-# then boot.py and main.py as a board does. argv: image path, "repl" (stay for mpremote) or "run".
-BOOT = r"""
-import os, sys, vfs
-class FileBlocks:
-    def __init__(self, path):
-        self.f = open(path, "r+b")
-        self.f.seek(0, 2)
-        self.n = self.f.tell() // 4096
-    def readblocks(self, block, buf, off=0):
-        self.f.seek(block * 4096 + off)
-        self.f.readinto(buf)
-    def writeblocks(self, block, buf, off=None):
-        self.f.seek(block * 4096 + (off or 0))
-        self.f.write(buf)
-        self.f.flush()
-    def ioctl(self, op, arg):
-        if op == 4:
-            return self.n
-        if op == 5:
-            return 4096
-        return 0
-_bd = FileBlocks(sys.argv[1])
-vfs.mount(vfs.VfsLfs2(_bd, readsize=32, progsize=32, lookahead=32), "/flash")
-os.chdir("/flash")
-sys.path[:] = ["", ".frozen", "/flash/lib"]
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from tlsguard_host import lfsimage  # noqa: E402
+
+# Runs inside MicroPython: the image mounted as the ESP32 port mounts its vfs partition, then
+# boot.py and main.py as a board runs them. argv: the image path.
+BOOT = "import sys\nIMAGE = sys.argv[1]\n" + lfsimage.MOUNT + """
 for _name in ("boot.py", "main.py"):
     try:
         os.stat(_name)
@@ -57,12 +36,9 @@ def tlsguard(*args, cwd=None, env=None, timeout=300, stdin=subprocess.DEVNULL):
 
 
 def format_image(path, blocks=512):
-    """A blank littlefs2 image as MicroPython's VfsLfs2 would format it."""
-    from littlefs import LittleFS
-    fs = LittleFS(block_size=BLOCK, block_count=blocks, read_size=32, prog_size=32,
-                  lookahead_size=32, name_max=255)
+    """A blank littlefs2 image with the ESP32 VfsLfs2 geometry."""
     with open(path, "wb") as f:
-        f.write(fs.context.buffer)
+        f.write(lfsimage.build({}, blocks))
 
 
 def write_boot(folder):
@@ -125,19 +101,7 @@ class FakeBoard:
         return read_image(self.image)
 
 
-def read_image(path, blocks=None):
-    """Mount an image read-only-in-spirit: never mount=True (a failed mount would format it)."""
-    from littlefs import LittleFS
+def read_image(path):
+    """{path: bytes} of an image, read with littlefs-python (never mount=True)."""
     with open(path, "rb") as f:
-        data = f.read()
-    fs = LittleFS(block_size=BLOCK, block_count=blocks or len(data) // BLOCK, read_size=32,
-                  prog_size=32, lookahead_size=32, name_max=255, mount=False)
-    fs.context.buffer[:len(data)] = data
-    fs.mount()
-    out = {}
-    for top, dirs, names in fs.walk("/"):
-        for n in names:
-            p = (top.rstrip("/") + "/" + n)
-            with fs.open(p, "rb") as fh:
-                out[p.lstrip("/")] = fh.read()
-    return out
+        return lfsimage.read(f.read())
