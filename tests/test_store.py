@@ -83,6 +83,26 @@ def test_first_set_is_active_and_survives_restart(mpy, device, root_ca):
     r = seed(mpy, device, root_ca)
     assert r["version"] == 1 and r["trial"] is False  # nothing to roll back to: no trial
     assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+
+
+def package_error(mpy, blob, key=None):
+    write_pkg(mpy, "x.pkg", blob)
+    return run(mpy, "st = CredentialStore('certs'); emit(attempt(st.apply, 'x.pkg', key=%r))" % (key,))
+
+
+def test_package_format_errors(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    good = build_package(2, [("crt", device.der)])
+    assert package_error(mpy, good)["msg"] == "bad_package: an identity needs both crt and key"
+    assert package_error(mpy, build_package(2, [("keys", b"x")]))["msg"] == "bad_package: unknown file kind 'keys'"
+    assert package_error(mpy, b"TGPK\x02" + good[5:])["msg"] == "bad_package: package format 2 is not supported"
+    assert package_error(mpy, b"TGPK\x01\x00\x00\x03abc")["msg"] == "bad_package: package header is not valid JSON"
+    assert package_error(mpy, build_package(2, [("pins", b"{nope")])) == {
+        "ok": False, "kind": "bad_pins", "msg": "bad_pins: package pins are not valid JSON"}
+    big = package_error(mpy, build_package(2, [("roots", b"\x30" * 20000)]))
+    assert big["msg"] == "bad_package: roots of 20000 bytes is too large"
+    r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=2, bundle='missing.bin'))")
+    assert r["kind"] == "io" and r["msg"].startswith("io: cannot read bundle missing.bin: ")
     r = run(mpy, 'emit(summary(CredentialStore("certs")))')
     assert r["status"] == "ok" and r["version"] == 1 and r["report"] == ["version 1 loaded"]
     assert r["identity"] == [1, len(device.der), len(device.key_der)]
@@ -228,6 +248,35 @@ emit({"s": summary(st), "act": attempt(st.activate)})
     assert r["act"] == {"ok": False, "kind": "nothing_staged", "msg": "nothing_staged: stage() a set before activate()"}
 
 
+def test_files_that_are_not_the_stores_are_kept(mpy, device, root_ca):
+    os.makedirs(os.path.join(mpy.cwd, "certs"))
+    for name in ("roots.bin", "roots.bin.hosts", "7.notes"):
+        with open(os.path.join(mpy.cwd, "certs", name), "wb") as f:
+            f.write(b"not the store's")
+    seed(mpy, device, root_ca)
+    r = run(mpy, """
+st = CredentialStore("certs")
+st.stage(version=2, pins={})
+st.activate(); st.confirm()
+emit(summary(CredentialStore("certs")))
+""")
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "7.notes", "manifest.json",
+                          "roots.bin", "roots.bin.hosts"]
+
+
+def test_stage_refused_while_the_clock_is_unset(mpy, device, root_ca, tmp_path):
+    lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    if not os.path.exists(lib):
+        pytest.skip("libfaketime (Debian faketime) is not installed")
+    clock = tmp_path / "clock"
+    clock.write_text("@2000-01-01 00:00:00\n")
+    r = mpy.run(PRE + "st = CredentialStore('certs'); emit(attempt(st.stage, version=1, identity=%s))"
+                % identity_expr(device), env={"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(clock),
+                                              "FAKETIME_NO_CACHE": "1"}).value
+    assert r == {"ok": False, "kind": "clock_unset", "msg": "clock_unset: cannot check client certificate's "
+                 "validity: the device clock (2000-01-01) is not set"}
+
+
 # ---- rejected stages ---------------------------------------------------------------------
 
 
@@ -245,6 +294,26 @@ emit(r)
 def assert_untouched(r):
     assert r["version"] == 1
     assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+
+
+def package_error(mpy, blob, key=None):
+    write_pkg(mpy, "x.pkg", blob)
+    return run(mpy, "st = CredentialStore('certs'); emit(attempt(st.apply, 'x.pkg', key=%r))" % (key,))
+
+
+def test_package_format_errors(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    good = build_package(2, [("crt", device.der)])
+    assert package_error(mpy, good)["msg"] == "bad_package: an identity needs both crt and key"
+    assert package_error(mpy, build_package(2, [("keys", b"x")]))["msg"] == "bad_package: unknown file kind 'keys'"
+    assert package_error(mpy, b"TGPK\x02" + good[5:])["msg"] == "bad_package: package format 2 is not supported"
+    assert package_error(mpy, b"TGPK\x01\x00\x00\x03abc")["msg"] == "bad_package: package header is not valid JSON"
+    assert package_error(mpy, build_package(2, [("pins", b"{nope")])) == {
+        "ok": False, "kind": "bad_pins", "msg": "bad_pins: package pins are not valid JSON"}
+    big = package_error(mpy, build_package(2, [("roots", b"\x30" * 20000)]))
+    assert big["msg"] == "bad_package: roots of 20000 bytes is too large"
+    r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=2, bundle='missing.bin'))")
+    assert r["kind"] == "io" and r["msg"].startswith("io: cannot read bundle missing.bin: ")
 
 
 def test_reject_corrupt_certificate(mpy, device, root_ca):
@@ -399,6 +468,26 @@ emit({
                           "msg": "old_version: package version 1 is not newer than 1: an older or replayed update"}
     assert r["garbage"] == {"ok": False, "kind": "bad_package", "msg": "bad_package: not a tlsguard update package"}
     assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+
+
+def package_error(mpy, blob, key=None):
+    write_pkg(mpy, "x.pkg", blob)
+    return run(mpy, "st = CredentialStore('certs'); emit(attempt(st.apply, 'x.pkg', key=%r))" % (key,))
+
+
+def test_package_format_errors(mpy, device, root_ca):
+    seed(mpy, device, root_ca)
+    good = build_package(2, [("crt", device.der)])
+    assert package_error(mpy, good)["msg"] == "bad_package: an identity needs both crt and key"
+    assert package_error(mpy, build_package(2, [("keys", b"x")]))["msg"] == "bad_package: unknown file kind 'keys'"
+    assert package_error(mpy, b"TGPK\x02" + good[5:])["msg"] == "bad_package: package format 2 is not supported"
+    assert package_error(mpy, b"TGPK\x01\x00\x00\x03abc")["msg"] == "bad_package: package header is not valid JSON"
+    assert package_error(mpy, build_package(2, [("pins", b"{nope")])) == {
+        "ok": False, "kind": "bad_pins", "msg": "bad_pins: package pins are not valid JSON"}
+    big = package_error(mpy, build_package(2, [("roots", b"\x30" * 20000)]))
+    assert big["msg"] == "bad_package: roots of 20000 bytes is too large"
+    r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=2, bundle='missing.bin'))")
+    assert r["kind"] == "io" and r["msg"].startswith("io: cannot read bundle missing.bin: ")
 
 
 # ---- SecureContext(store=) against real servers --------------------------------------------

@@ -44,6 +44,12 @@ def _join(folder, name):
     return folder + "/" + name
 
 
+def _ours(name):
+    """True for the store's own file names: '<version>.<kind>'."""
+    v, _, kind = name.partition(".")
+    return kind in KINDS and v.isdigit()
+
+
 def _exists(path):
     try:
         os.stat(path)
@@ -211,7 +217,8 @@ class CredentialStore:
         if man is None:
             man = self._read_manifest(_NEXT)
             if man is not None:
-                # Only a filesystem that cannot rename over a file gets here (see _commit).
+                # A verified manifest.new alone: the first activation, or a filesystem that
+                # cannot rename over a file (see _commit), stopped just before the rename.
                 os.rename(nxt, _join(self.path, MANIFEST))
                 self._note("completed an interrupted switch to version %d" % man["sets"][0]["version"])
         elif _exists(nxt):
@@ -302,13 +309,14 @@ class CredentialStore:
         self._gc()
 
     def _gc(self):
-        """Delete files no set refers to: an abandoned stage, a set that was replaced."""
-        keep = {MANIFEST}
+        """Delete set files no set refers to (an abandoned stage, a replaced set). Other files
+        in the folder (certs/roots.bin from `make flash`, say) are not the store's: kept."""
+        keep = set()
         for entry in self._sets + ([self._staged] if self._staged else []):
             for name, _, _ in entry["files"].values():
                 keep.add(name)
         for name in os.listdir(self.path):
-            if name not in keep:
+            if name not in keep and _ours(name):
                 _remove(_join(self.path, name))
 
     def _switched(self):
