@@ -18,7 +18,7 @@ from tlsguard.store import StoreError, _hex
 MAGIC = b"TGPK"
 _SMALL = 16384
 _CHUNK = 512
-_ITEMS = {"crt": "identity", "key": "identity", "roots": "roots", "pins": "pins", "bundle": "bundle"}
+_KINDS = ("crt", "key", "roots", "pins", "bundle")
 
 
 class _HMAC:
@@ -86,7 +86,7 @@ class Package:
         self._body = 8 + hlen
         end = self._body
         for kind, size, _ in self.files:
-            if kind not in _ITEMS:
+            if kind not in _KINDS:
                 raise StoreError("bad_package", "unknown file kind %r" % kind)
             end += size
         total = f.seek(0, 2)
