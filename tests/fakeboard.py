@@ -71,7 +71,9 @@ class FakeBoard:
         loop = os.path.join(self.folder, "board.sh")
         with open(loop, "w") as f:
             # A reset (or Ctrl-D, which exits the unix port) starts the board again.
-            f.write("#!/bin/sh\nwhile true; do %s -i %s %s; done\n" % (MICROPYTHON, boot, self.image))
+            # socat's setsid makes the loop a process group of its own: record it so close() ends it.
+            f.write("#!/bin/sh\necho $$ > %s\nwhile true; do %s -i %s %s; done\n"
+                    % (os.path.join(self.folder, "board.pid"), MICROPYTHON, boot, self.image))
         os.chmod(loop, 0o755)
         self.proc = subprocess.Popen(
             [shutil.which("socat"), "PTY,link=%s,raw,echo=0" % self.port,
@@ -87,6 +89,11 @@ class FakeBoard:
         time.sleep(0.3)  # let MicroPython reach its prompt
 
     def close(self):
+        try:
+            with open(os.path.join(self.folder, "board.pid")) as f:
+                os.killpg(int(f.read()), 9)
+        except (OSError, ValueError):
+            pass
         if self.proc.poll() is None:
             # socat's session holds the restart loop and micropython: end them together.
             os.killpg(self.proc.pid, 15)

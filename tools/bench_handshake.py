@@ -1,0 +1,94 @@
+"""Handshake cost of SecureContext against a bare tls.SSLContext (same root, same server, same
+run, interleaved), and the Python heap taken by `import tlsguard` and by one connection."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import pki  # noqa: E402
+import servers  # noqa: E402
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "40"))
+
+DEVICE = """
+import gc, time, socket, json, sys
+port = int(sys.argv[1]); root = open("root.der", "rb").read(); pin = open("pin.txt").read().strip()
+gc.collect(); before = gc.mem_free(); t0 = time.ticks_us()
+import tlsguard, tls
+import_us = time.ticks_diff(time.ticks_us(), t0)
+gc.collect(); import_heap = before - gc.mem_free()
+addr = socket.getaddrinfo("localhost", port)[0][-1]
+bare = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+bare.load_verify_locations(root)
+ours = tlsguard.SecureContext(cadata=root)
+pinned = tlsguard.SecureContext(cadata=root, pins={"localhost": [pin, "sha256/" + "B" * 43 + "="]})
+def once(ctx):
+    s = socket.socket()
+    t = time.ticks_us()
+    s.connect(addr)
+    ts = ctx.wrap_socket(s, server_hostname="localhost")
+    dt = time.ticks_diff(time.ticks_us(), t)
+    ts.close()
+    return dt
+times = {"bare": [], "ours": [], "pinned": []}
+for ctx in (bare, ours, pinned):
+    once(ctx)  # warm-up
+for i in range(%d):
+    for name, ctx in (("bare", bare), ("ours", ours), ("pinned", pinned)):
+        times[name].append(once(ctx))
+gc.collect(); b = gc.mem_free()
+s = socket.socket(); s.connect(addr)
+ts = pinned.wrap_socket(s, server_hostname="localhost")
+conn_heap = b - gc.mem_free()
+ts.close()
+print(json.dumps({"import_us": import_us, "import_heap": import_heap, "conn_heap": conn_heap, "times": times}))
+"""
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2]
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="tlsguard-bench-")
+    root = pki.CA("bench root")
+    inter = root.intermediate("bench inter")
+    leaf = inter.issue()
+    with open(os.path.join(work, "root.der"), "wb") as f:
+        f.write(root.der)
+    with open(os.path.join(work, "pin.txt"), "w") as f:
+        f.write(pki.spki_pin(inter.cert))
+    with open(os.path.join(work, "bench.py"), "w") as f:
+        f.write(DEVICE % ROUNDS)
+    srv = servers.OpenSSLServer(*leaf.write(work, "srv"), chainfile=os.path.join(work, "srv.crt"))
+    try:
+        env = dict(os.environ, MICROPYPATH=".frozen:" + os.path.join(ROOT, "lib"))
+        mp = os.path.join(os.path.dirname(sys.executable), "micropython")
+        out = subprocess.run([mp, "bench.py", str(srv.port)], cwd=work, env=env, capture_output=True,
+                             text=True, check=True).stdout
+    finally:
+        srv.close()
+    r = json.loads(out.strip().splitlines()[-1])
+    bare, ours, pinned = (median(r["times"][k]) / 1000 for k in ("bare", "ours", "pinned"))
+    print("## Handshake (`make bench`, tools/bench_handshake.py)\n")
+    print("openssl s_server on loopback, ECDSA P-256 chain (leaf + intermediate), %d interleaved rounds.\n" % ROUNDS)
+    print("| client | median handshake | ratio to bare |")
+    print("|---|---|---|")
+    print("| bare `tls.SSLContext` (root loaded) | %.2f ms | 1.00 |" % bare)
+    print("| `SecureContext(cadata=root)` | %.2f ms | %.3f |" % (ours, ours / bare))
+    print("| `SecureContext(cadata=root, pins=...)` | %.2f ms | %.3f |" % (pinned, pinned / bare))
+    print()
+    print("| Python heap (unix port, `gc.mem_free`) | bytes |")
+    print("|---|---|")
+    print("| `import tlsguard` | %d |" % r["import_heap"])
+    print("| one pinned connection, open | %d |" % r["conn_heap"])
+    print("| `import tlsguard` time | %.1f ms |" % (r["import_us"] / 1000))
+    print()
+
+
+if __name__ == "__main__":
+    main()
