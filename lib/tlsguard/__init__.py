@@ -1,11 +1,27 @@
-"""tlsguard: verified TLS for MicroPython devices (SecureContext, pins, diagnoses)."""
-from tlsguard.context import SecureContext, TLSSocket, connect
+"""tlsguard: verified TLS for MicroPython devices. Public names are imported on first use, so a
+device that only needs SecureContext does not pay heap for the store, the NTP client or HTTPS."""
 from tlsguard.errors import TLSError
-from tlsguard.pins import PinSet, spki_pin
-from tlsguard.store import CredentialStore
-from tlsguard.timesync import clock_floor, sync_time
-from tlsguard.truststore import BundleError, TrustStore
-from tlsguard.x509 import Certificate
-from tlsguard import platform
 
 __version__ = "0.1.0"
+
+# Public name -> module defining it; any other name is taken as a submodule, which is also how
+# `from tlsguard import der` reaches here on MicroPython.
+_LAZY = {
+    "SecureContext": "context", "TLSSocket": "context", "connect": "context",
+    "PinSet": "pins", "spki_pin": "pins",
+    "Certificate": "x509",
+    "CredentialStore": "store",
+    "sync_time": "timesync", "clock_floor": "timesync",
+    "TrustStore": "truststore", "BundleError": "truststore",
+}
+
+
+def __getattr__(name):
+    source = _LAZY.get(name)
+    try:
+        mod = __import__("tlsguard." + (source or name), None, None, (name,))
+    except ImportError:
+        raise AttributeError(name)
+    value = getattr(mod, name) if source else mod
+    globals()[name] = value
+    return value

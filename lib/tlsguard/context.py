@@ -7,11 +7,9 @@ import select
 import socket
 
 from tlsguard import platform
-from tlsguard.anchorcache import AnchorCache, spki_ref
-from tlsguard.diagnose import diagnose
 from tlsguard.errors import TLSError
 from tlsguard.pins import Pins, spki_digest
-from tlsguard.x509 import Certificate
+from tlsguard.x509 import Certificate, spki_of
 
 tls = platform.tls
 MODES = ("verify", "pin_only", "insecure")
@@ -63,7 +61,7 @@ class _Handshake:
             self.chain.append((depth, raw))
             if not self.pin_ok:
                 try:
-                    self.pin_ok = self.pinset.matches(spki_digest(Certificate(raw).spki))
+                    self.pin_ok = self.pinset.matches(spki_digest(spki_of(raw)))
                 except ValueError:
                     pass
                 if depth == 0 and not self.pin_ok:
@@ -159,6 +157,7 @@ class SecureContext:
         self._given = (self.anchors, self.identity, self.pins, trust, anchor_cache)
 
     def _use_trust(self, trust, anchor_cache):
+        from tlsguard.anchorcache import AnchorCache
         self.trust = trust
         self._cache = AnchorCache(anchor_cache or trust.path + ".hosts")
         self._private = [(Certificate(der).subject_der, der) for der in self.anchors]
@@ -193,6 +192,7 @@ class SecureContext:
             return self.anchors, False
         if host in self._pending:
             return self._pending[host], True
+        from tlsguard.anchorcache import spki_ref
         out = []
         for subject, ref in self._cache.get(host) or ():
             for der in self._lookup(subject):
@@ -302,6 +302,8 @@ class SecureContext:
         return err
 
     def _diagnose(self, exc, hs):
+        # Only failures pay the heap for the diagnosis code.
+        from tlsguard.diagnose import diagnose
         if self.trust is None or self.mode != "verify":
             return diagnose(exc, hs, self.anchors)
         err = diagnose(exc, hs, hs.anchors)
@@ -334,6 +336,7 @@ class SecureContext:
         self.last_handshake = hs
         if self.trust is None or self.mode != "verify" or not hs.anchors:
             return
+        from tlsguard.anchorcache import spki_ref
         top = hs.top()
         used = [der for der in hs.anchors if der == top] or hs.anchors
         refs = []

@@ -149,6 +149,22 @@ def _ip(raw):
     raise ValueError("X.509: IP address of %d bytes in SAN" % len(raw))
 
 
+def spki_of(data):
+    """A certificate's SubjectPublicKeyInfo (a memoryview into `data`), reached by skipping the
+    fields before it: what a pin check needs during a handshake, at a fraction of the heap of
+    a full parse."""
+    end = len(data)
+    cs, ce = der.expect(data, 0, end, 0x30, "Certificate")
+    ts, te = der.expect(data, cs, ce, 0x30, "TBSCertificate")
+    pos = ts
+    if pos < te and data[pos] == 0xA0:
+        pos = der.item(data, pos, te)[2]
+    for _ in range(5):  # serialNumber, signature, issuer, validity, subject
+        pos = der.item(data, pos, te)[2]
+    _, e = der.expect(data, pos, te, 0x30, "subjectPublicKeyInfo")
+    return memoryview(data)[pos:e]
+
+
 class Certificate:
     """One parsed certificate. Raises ValueError for anything that is not a well-formed DER
     certificate, including trailing bytes."""
