@@ -391,3 +391,16 @@ def test_self_signed_server_kept_as_full_der_verifies(mpy, serve, tmp_path, mozi
     first, second = session(mpy, str(path), [srv.port, srv.port])
     assert first["ok"] and first["handshakes"] == 2
     assert second["ok"] and second["handshakes"] == 1
+
+
+def test_root_pin_on_first_contact_and_interception(mpy, serve, make_bundle, root_ca, inter_ca, other_ca):
+    """A pin on the root holds through discovery: the first handshake (no root loaded yet) is
+    left to fail as untrusted, the retry with the root enforces the pin."""
+    path = make_bundle(root_ca, other_ca)
+    pins = ", pins={'localhost': [%r, %r]}" % (pki.spki_pin(root_ca.cert), pki.spki_pin(pki.CA("spare").cert))
+    good = serve(inter_ca.issue())
+    proxy = serve(other_ca.issue())  # a CA from the bundle, but not the pinned one
+    r = session(mpy, path, [good.port, good.port, proxy.port], pins)
+    assert r[0] == {"ok": True, "line": "echo:ping\n", "handshakes": 2}
+    assert r[1]["ok"] and r[1]["handshakes"] == 1
+    assert not r[2]["ok"] and r[2]["kind"] == "pin_mismatch" and r[2]["handshakes"] == 2

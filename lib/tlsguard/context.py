@@ -44,8 +44,9 @@ def pem_blocks(data):
 class _Handshake:
     """What the verify callback saw during one handshake (top of the chain first)."""
 
-    def __init__(self, host, pinset, identity, anchors=(), learned=False):
+    def __init__(self, host, pinset, identity, anchors=(), learned=False, pin_always=False):
         self.host = host
+        self.pin_always = pin_always  # pin_only mode: the pin is the only trust decision
         self.identity = identity
         self.pinset = pinset
         self.anchors = anchors  # what mbedTLS was given for this handshake
@@ -64,7 +65,10 @@ class _Handshake:
                     self.pin_ok = self.pinset.matches(spki_digest(spki_of(raw)))
                 except ValueError:
                     pass
-                if depth == 0 and not self.pin_ok:
+                # A chain that did not reach an anchor fails verification anyway: leave it to
+                # mbedTLS, so that first contact via the trust store (no root loaded yet) is
+                # diagnosed untrusted and retried with the root a pin may name.
+                if depth == 0 and not self.pin_ok and (self.pin_always or self.top() in self.anchors):
                     self.failure = self._pin_error()
                     return _ABORT
             return 0
@@ -275,7 +279,8 @@ class SecureContext:
         if self.mode == "pin_only" and pinset is None:
             raise ValueError("pin_only mode needs a pin set for %r" % server_hostname)
         anchors, learned = self._anchors_for(server_hostname)
-        hs = _Handshake(server_hostname, pinset, self.identity is not None, anchors, learned)
+        hs = _Handshake(server_hostname, pinset, self.identity is not None, anchors, learned,
+                        self.mode == "pin_only")
         ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
         self.handshakes += 1
