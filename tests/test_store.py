@@ -83,26 +83,6 @@ def test_first_set_is_active_and_survives_restart(mpy, device, root_ca):
     r = seed(mpy, device, root_ca)
     assert r["version"] == 1 and r["trial"] is False  # nothing to roll back to: no trial
     assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
-
-
-def package_error(mpy, blob, key=None):
-    write_pkg(mpy, "x.pkg", blob)
-    return run(mpy, "st = CredentialStore('certs'); emit(attempt(st.apply, 'x.pkg', key=%r))" % (key,))
-
-
-def test_package_format_errors(mpy, device, root_ca):
-    seed(mpy, device, root_ca)
-    good = build_package(2, [("crt", device.der)])
-    assert package_error(mpy, good)["msg"] == "bad_package: an identity needs both crt and key"
-    assert package_error(mpy, build_package(2, [("keys", b"x")]))["msg"] == "bad_package: unknown file kind 'keys'"
-    assert package_error(mpy, b"TGPK\x02" + good[5:])["msg"] == "bad_package: package format 2 is not supported"
-    assert package_error(mpy, b"TGPK\x01\x00\x00\x03abc")["msg"] == "bad_package: package header is not valid JSON"
-    assert package_error(mpy, build_package(2, [("pins", b"{nope")])) == {
-        "ok": False, "kind": "bad_pins", "msg": "bad_pins: package pins are not valid JSON"}
-    big = package_error(mpy, build_package(2, [("roots", b"\x30" * 20000)]))
-    assert big["msg"] == "bad_package: roots of 20000 bytes is too large"
-    r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=2, bundle='missing.bin'))")
-    assert r["kind"] == "io" and r["msg"].startswith("io: cannot read bundle missing.bin: ")
     r = run(mpy, 'emit(summary(CredentialStore("certs")))')
     assert r["status"] == "ok" and r["version"] == 1 and r["report"] == ["version 1 loaded"]
     assert r["identity"] == [1, len(device.der), len(device.key_der)]
@@ -294,26 +274,6 @@ emit(r)
 def assert_untouched(r):
     assert r["version"] == 1
     assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
-
-
-def package_error(mpy, blob, key=None):
-    write_pkg(mpy, "x.pkg", blob)
-    return run(mpy, "st = CredentialStore('certs'); emit(attempt(st.apply, 'x.pkg', key=%r))" % (key,))
-
-
-def test_package_format_errors(mpy, device, root_ca):
-    seed(mpy, device, root_ca)
-    good = build_package(2, [("crt", device.der)])
-    assert package_error(mpy, good)["msg"] == "bad_package: an identity needs both crt and key"
-    assert package_error(mpy, build_package(2, [("keys", b"x")]))["msg"] == "bad_package: unknown file kind 'keys'"
-    assert package_error(mpy, b"TGPK\x02" + good[5:])["msg"] == "bad_package: package format 2 is not supported"
-    assert package_error(mpy, b"TGPK\x01\x00\x00\x03abc")["msg"] == "bad_package: package header is not valid JSON"
-    assert package_error(mpy, build_package(2, [("pins", b"{nope")])) == {
-        "ok": False, "kind": "bad_pins", "msg": "bad_pins: package pins are not valid JSON"}
-    big = package_error(mpy, build_package(2, [("roots", b"\x30" * 20000)]))
-    assert big["msg"] == "bad_package: roots of 20000 bytes is too large"
-    r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=2, bundle='missing.bin'))")
-    assert r["kind"] == "io" and r["msg"].startswith("io: cannot read bundle missing.bin: ")
 
 
 def test_reject_corrupt_certificate(mpy, device, root_ca):
