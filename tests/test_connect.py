@@ -226,6 +226,18 @@ def test_old_tls_server_rejected(mpy, serve, root_ca, inter_ca, versions):
     assert "TLS 1.2" in msg
 
 
+def test_static_rsa_only_server_rejected(mpy, serve):
+    """Static RSA key exchange has no forward secrecy: not offered unless asked for by name."""
+    root = pki.CA("rsa root", kind="rsa")
+    srv = serve(root.issue(), versions=(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2), ciphers="AES128-SHA")
+    msg = refused(attempt(mpy, srv.port, cadata=pyrepr(root.der)), "weak_protocol")
+    assert "ECDHE" in msg
+    r = attempt(mpy, srv.port, cadata=pyrepr(root.der), ciphers="['TLS-RSA-WITH-AES-128-CBC-SHA']")
+    assert r["ok"], r
+    fs = serve(root.issue(), versions=(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2), ciphers="ECDHE-RSA-AES128-SHA")
+    assert attempt(mpy, fs.port, cadata=pyrepr(root.der))["ok"]
+
+
 def test_openssl_s_server_tls1_only(mpy, openssl_serve, root_ca, inter_ca):
     srv = openssl_serve(inter_ca.issue(), extra=["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"])
     refused(attempt(mpy, srv.port, cadata=pyrepr(root_ca.der)), "weak_protocol")

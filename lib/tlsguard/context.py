@@ -104,6 +104,7 @@ class SecureContext:
     """mode: "verify" (CA chain + hostname, plus pins where given), "pin_only" (the pin is the
     trust decision, for private servers without a CA), "insecure" (no authentication; tests only).
     cadata: DER or PEM of one or more CA certificates. identity: (cert_chain, key) for mutual TLS.
+    ciphers: mbedTLS suite names to offer instead of the default (ECDHE suites only).
     pins: {"host" or "*.domain": [pins] or PinSet}.
     trust: a TrustStore. Then cadata roots are searched like the bundle rather than all loaded,
     and the anchors that verified each host are remembered in anchor_cache (a file; default the
@@ -121,13 +122,14 @@ class SecureContext:
 
     def __init__(self, cadata=None, trust=None, pins=None, mode="verify", identity=None,
                  anchor_cache=None, time_servers=None, resync=None, floor_fallback=False,
-                 time_options=None, store=None):
+                 time_options=None, store=None, ciphers=None):
         if mode not in MODES:
             raise ValueError("mode must be one of %s" % (MODES,))
         if not platform.CAN_VERIFY and mode != "insecure":
             raise TLSError("unsupported", "%s with %s cannot verify certificates"
                            % (platform.PORT, platform.TLS_BACKEND))
         self.mode = mode
+        self.ciphers = ciphers
         self.trust = trust
         # NTP-before-TLS (timesync.ClockPolicy); imported only when asked for, to spare RAM.
         self.clock = None
@@ -229,6 +231,9 @@ class SecureContext:
 
     def _new_tls(self, anchors):
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        # Forward secrecy by default: a static-RSA session is readable by whoever later gets the
+        # server key.
+        ctx.set_ciphers(self.ciphers or [c for c in ctx.get_ciphers() if c.startswith("TLS-ECDHE-")])
         if self.mode == "verify":
             ctx.verify_mode = tls.CERT_REQUIRED
             for der in anchors:

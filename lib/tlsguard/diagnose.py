@@ -138,9 +138,10 @@ def diagnose(exc, hs, anchors=(), note=None):
             return TLSError("handshake_failed", "server ended the handshake after its certificate was "
                             "accepted: it " + why, host)
         if code == -0x7780 and hs is not None and not hs.chain:
-            # Alert before the server showed a certificate: it refused our hello (e.g. TLS versions).
-            return TLSError("handshake_failed", "server refused the handshake before sending a certificate "
-                            "(protocol version or cipher mismatch?)", host)
+            # An alert before the server showed a certificate: it found nothing acceptable in
+            # our hello (TLS 1.2+, forward-secret suites).
+            return TLSError("weak_protocol", "server accepts no TLS version or cipher suite this device "
+                            "offers (TLS 1.2+, ECDHE): it may offer only old or weak ones", host)
         if code == -0x7680:  # MBEDTLS_ERR_SSL_CA_CHAIN_REQUIRED
             return _untrusted(hs, host, certs, (), note)
         if code in _BY_CODE:
