@@ -1,0 +1,207 @@
+"""MQTT peers on the host: a device CA made by the real `tlsguard ca` CLI, mosquitto on 127.0.0.1 with
+a TLS listener that requires client certificates from that CA, and a paho-mqtt subscriber. Shared by
+the MQTT, story and soak tests and by `make demo`."""
+import getpass
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import servers
+
+TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
+
+
+class FleetCA:
+    """A private device CA in `folder`, driven through the `tlsguard ca` console script."""
+
+    def __init__(self, folder):
+        self.dir = str(folder)
+        self._run("init", "--no-passphrase", "--org", "tlsguard fleet")
+
+    def _run(self, *args):
+        r = subprocess.run([TLSGUARD, "ca", "--dir", self.dir] + list(args), capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError("tlsguard ca %s: %s" % (" ".join(args), r.stderr))
+        return r.stdout
+
+    def issue(self, device_id, force=False):
+        """(cert chain PEM path, key PEM path) of a freshly issued device certificate."""
+        self._run("issue", "--device-id", device_id, *(["--force"] if force else []))
+        folder = os.path.join(self.dir, "devices", device_id)
+        return os.path.join(folder, "device.crt"), os.path.join(folder, "device.key")
+
+    def cafile(self):
+        """Issuing CA then root, PEM: what a broker needs to check the device leaf (a device
+        presents its leaf only)."""
+        path = os.path.join(self.dir, "clients-ca.pem")
+        with open(path, "wb") as out:
+            for name in ("issuing.crt", "root.crt"):
+                with open(os.path.join(self.dir, name), "rb") as f:
+                    out.write(f.read())
+        return path
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Mosquitto:
+    """mosquitto with one TLS listener on 127.0.0.1:<port> that requires a client certificate
+    issued by `client_cafile`; the certificate's CN is the MQTT username (and so in the log)."""
+
+    def __init__(self, workdir, server_issued, client_cafile):
+        self.dir = os.path.join(str(workdir), "mosquitto")
+        os.makedirs(self.dir, exist_ok=True)
+        crt, key = server_issued.write(self.dir, "broker")
+        self.port = servers._free_port()
+        self.logfile = os.path.join(self.dir, "mosquitto.log")
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write("per_listener_settings false\nallow_anonymous false\npersistence false\n"
+                    "user %s\nlog_dest file %s\nlog_type all\nconnection_messages true\n"
+                    "listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\ncafile %s\n"
+                    "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
+                    % (getpass.getuser(), self.logfile, self.port, crt, key, client_cafile))
+        self.proc = None
+        self.start()
+
+    def start(self):
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while "mosquitto version" not in self.log() or not self._listening():
+            if self.proc.poll() is not None or time.time() > deadline:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
+                self.stop()
+                raise RuntimeError("mosquitto did not start: %s %s" % (out, self.log()))
+            time.sleep(0.05)
+
+    def _listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self.proc.stdout.close()
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def log(self):
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def usernames(self):
+        """Certificate CNs of the clients that connected, in order (from the broker's log)."""
+        return re.findall(r"New client connected from \S+ as \S+ \([^)]*u'([^']*)'\)", self.log())
+
+
+class Subscriber:
+    """paho-mqtt client on the host, over the same mutual-TLS listener, collecting messages."""
+
+    def __init__(self, broker, server_ca_pem, client_files, topic):
+        import paho.mqtt.client as mqtt
+        self.messages = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="host-subscriber")
+        c.tls_set(ca_certs=server_ca_pem, certfile=client_files[0], keyfile=client_files[1])
+        c.on_message = self._on_message
+        c.on_subscribe = lambda *a: self._subscribed.set()
+        c.on_connect = lambda client, *a: client.subscribe(topic, qos=1)
+        c.connect("localhost", broker.port, keepalive=30)
+        c.loop_start()
+        self.client = c
+        if not self._subscribed.wait(10):
+            self.close()
+            raise RuntimeError("paho subscriber did not subscribe: %s" % broker.log()[-2000:])
+
+    def _on_message(self, client, userdata, msg):
+        with self._cond:
+            self.messages.append((msg.topic, msg.payload))
+            self._cond.notify_all()
+
+    def wait_for(self, n, timeout=20):
+        """The first n messages, waiting up to `timeout` seconds for them."""
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.messages) >= n, timeout)
+            return list(self.messages)
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(10)
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# ---- pytest fixtures (imported by the test modules that use them) ---------------------------
+
+import pytest  # noqa: E402
+
+import pki  # noqa: E402
+
+MPYLIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "mpylib")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """The device CA, a device certificate for sensor-1 and one for the host subscriber."""
+    ca = FleetCA(tmp_path_factory.mktemp("fleet") / "pki")
+    ca.device = ca.issue("sensor-1")
+    ca.host = ca.issue("host-subscriber")
+    return ca
+
+
+@pytest.fixture(scope="module")
+def broker_pki():
+    """The broker's own PKI: root (what devices trust) -> issuing CA -> broker certificate."""
+    root = pki.CA("tlsguard broker root")
+    inter = root.intermediate("tlsguard broker issuing")
+    return root, inter, inter.issue(hosts=("localhost", "127.0.0.1"))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory, fleet, broker_pki):
+    b = Mosquitto(tmp_path_factory.mktemp("broker"), broker_pki[2], fleet.cafile())
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def subscriber(broker, broker_pki, fleet, tmp_path):
+    """subscriber(topic) -> a paho client subscribed to topic; all closed after the test."""
+    root_pem = tmp_path / "broker-root.pem"
+    root_pem.write_bytes(broker_pki[0].pem)
+    started = []
+
+    def start(topic="devices/#"):
+        s = Subscriber(broker, str(root_pem), fleet.host, topic)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
