@@ -1,5 +1,7 @@
-"""Runs first at every start of a board: brings up Wi-Fi from wifi.json when the port has a
-network module (the unix port has none, so this is skipped there)."""
+"""Runs first at every start of a board: Wi-Fi from wifi.json ({"ssid": ..., "password": ...})
+when the port has a network module (the unix port has none: skipped there), then the clock from
+NTP when it is below the sane floor (an ESP32 starts at 2000-01-01 after power-on), using the
+time_servers of config.json. main.py runs next; its SecureContext syncs again if this failed."""
 import json
 import time
 
@@ -27,5 +29,29 @@ def connect_wifi(path="wifi.json", timeout_s=20):
     return wlan
 
 
+def sync_clock(path="config.json"):
+    # Imported here so a board without config.json still boots to the REPL.
+    import tlsguard
+    from tlsguard import clock
+    try:
+        with open(path) as f:
+            servers = json.load(f).get("time_servers")
+    except (OSError, ValueError):
+        servers = None
+    if clock.now_us() // 1000000 >= tlsguard.clock_floor():
+        print("boot: clock %s" % tlsguard.platform.date(clock.now_us() // 1000000))
+        return
+    if not servers:
+        print("boot: clock unset and no time_servers in %s" % path)
+        return
+    try:
+        offset = tlsguard.sync_time(servers=servers)
+        print("boot: clock set from NTP (stepped %d s), now %s"
+              % (offset, tlsguard.platform.date(clock.now_us() // 1000000)))
+    except tlsguard.TLSError as e:
+        print("boot: %s" % e)
+
+
 if network is not None:
     connect_wifi()
+sync_clock()

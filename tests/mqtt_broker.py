@@ -102,6 +102,8 @@ class Mosquitto:
         if self.proc is not None:
             self.proc.stdout.close()
 
+    close = stop
+
     def restart(self):
         self.stop()
         self.start()
