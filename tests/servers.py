@@ -4,6 +4,7 @@ import os
 import socket
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -82,10 +83,12 @@ class OpenSSLServer:
         if chainfile:
             cmd += ["-cert_chain", chainfile]
         cmd += list(extra)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        # Output to a file, not a pipe: s_server writes per connection, and a pipe nobody reads
+        # fills up and stalls it.
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         self.port = port
-        _wait_port(port, self.proc)
+        _wait_port(port, self.proc, self.log)
 
     def close(self):
         self.proc.terminate()
@@ -93,6 +96,8 @@ class OpenSSLServer:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        self.log.close()
 
 
 def _free_port():
@@ -103,11 +108,12 @@ def _free_port():
     return port
 
 
-def _wait_port(port, proc, timeout=10):
+def _wait_port(port, proc, log, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("server exited: %s" % proc.stdout.read().decode(errors="replace"))
+            log.seek(0)
+            raise RuntimeError("server exited: %s" % log.read().decode(errors="replace"))
         try:
             socket.create_connection(("127.0.0.1", port), 0.2).close()
             return
