@@ -202,7 +202,8 @@ class Device:
         except ValueError as e:  # StoreError: refused package, store unchanged
             log("credential package refused: %s" % e)
             return
-        log("credentials: version %d activated (on trial until the broker accepts it)" % version)
+        log("credentials: version %d activated%s"
+            % (version, " (on trial until the broker accepts it)" if self.store.trial else ""))
         self.rotated = True
 
     def session(self, host, port):
