@@ -9,7 +9,7 @@ import socket
 from tlsguard import platform
 from tlsguard.errors import TLSError
 from tlsguard.pins import Pins, spki_digest
-from tlsguard.x509 import Certificate, spki_of
+from tlsguard.x509 import Certificate, subject_spki
 
 tls = platform.tls
 MODES = ("verify", "pin_only", "insecure")
@@ -62,7 +62,7 @@ class _Handshake:
             self.chain.append((depth, raw))
             if not self.pin_ok:
                 try:
-                    self.pin_ok = self.pinset.matches(spki_digest(spki_of(raw)))
+                    self.pin_ok = self.pinset.matches(spki_digest(subject_spki(raw)[1]))
                 except ValueError:
                     pass
                 # A chain that did not reach an anchor fails verification anyway: leave it to
@@ -82,7 +82,7 @@ class _Handshake:
         seen = []
         for depth, raw in self.chain:
             try:
-                d = spki_digest(Certificate(raw).spki)
+                d = spki_digest(subject_spki(raw)[1])
                 seen.append("depth %d %s%s" % (depth, PREFIX, binascii.b2a_base64(d).decode().strip()))
             except ValueError:
                 seen.append("depth %d unreadable" % depth)
@@ -202,7 +202,7 @@ class SecureContext:
         out = []
         for subject, ref in self._cache.get(host) or ():
             for der in self._lookup(subject):
-                if der not in out and spki_ref(Certificate(der).spki) == ref:
+                if der not in out and spki_ref(subject_spki(der)[1]) == ref:
                     out.append(der)
         return out, False
 
@@ -351,8 +351,8 @@ class SecureContext:
         used = [der for der in hs.anchors if der == top] or hs.anchors
         refs = []
         for der in used:
-            c = Certificate(der)
-            refs.append((c.subject_der, spki_ref(c.spki)))
+            subject, spki = subject_spki(der)
+            refs.append((bytes(subject), spki_ref(spki)))
         self._cache.put(hs.host, refs)
         self._pending.pop(hs.host, None)
 
