@@ -159,6 +159,84 @@ class Subscriber:
         self.client.loop_stop()
 
 
+# ---- soak: many connect/publish/close cycles in one device process ------------------------
+
+SOAK = """
+import gc, sys, time, tlsguard
+from main import MQTTClient
+cycles, port, every = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rd = lambda p: open(p, "rb").read()
+ctx = tlsguard.SecureContext(cadata=rd("ca.der"), pins={"localhost": [open("pin.txt").read().strip(),
+                             "sha256/" + "B" * 43 + "="]}, identity=(rd("device.crt"), rd("device.key")))
+done = failures = 0
+t0 = time.ticks_ms()
+while done < cycles:
+    c = MQTTClient("soak", "localhost", port, ssl=ctx)
+    try:
+        c.connect()
+        c.publish("devices/soak/telemetry", b"%d" % (done + 1))
+        c.disconnect()
+    except Exception as e:  # the broker restarting: reconnect after a pause
+        failures += 1
+        print("fail %d %s" % (done + 1, e.__class__.__name__), getattr(e, "kind", ""))
+        c.sock = None
+        time.sleep_ms(200)
+        continue
+    done += 1
+    if done % every == 0:
+        gc.collect()
+        print("cycle %d heap_used %d ms %d" % (done, gc.mem_alloc(), time.ticks_diff(time.ticks_ms(), t0)))
+print("failures %d" % failures)
+"""
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def soak(workdir, broker, server_root, inter, device, cycles=1000, restart_at=500, every=50):
+    """Runs `cycles` connect/publish/close cycles in one micropython process against `broker`,
+    restarting the broker once after `restart_at` cycles. Returns per-checkpoint samples
+    [(cycle, python heap in use after gc, process RSS KB, ms)], the failure lines and the output."""
+    import pki
+    folder = os.path.join(str(workdir), "soak")
+    os.makedirs(folder, exist_ok=True)
+    for name, data in (("ca.der", server_root.der), ("pin.txt", pki.spki_pin(inter.cert).encode()),
+                       ("device.crt", read(device[0])), ("device.key", read(device[1])),
+                       ("soak.py", SOAK.encode())):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (os.path.join(root, "lib"), root))
+    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
+    proc = subprocess.Popen([exe, "soak.py", str(cycles), str(broker.port), str(every)], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    samples, fails, out = [], [], []
+    restarted = False
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("cycle "):
+                f = line.split()
+                samples.append((int(f[1]), int(f[3]), rss_kb(proc.pid), int(f[5])))
+                if not restarted and int(f[1]) >= restart_at:
+                    restarted = True
+                    broker.restart()
+            elif line.startswith("fail "):
+                fails.append(line.strip())
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    return samples, fails, "".join(out), proc.returncode
+
+
 # ---- pytest fixtures (imported by the test modules that use them) ---------------------------
 
 import pytest  # noqa: E402
