@@ -251,7 +251,7 @@ def test_trust_build_time_raises_floor(mpy, hostile, fake2000):
     body = """
 class Bundle:
     build_time = %d
-emit([timesync.clock_floor(), timesync.clock_floor(Bundle()), attempt([('127.0.0.1', %d)], trust=Bundle())])
+emit([tlsguard.clock_floor(), tlsguard.clock_floor(Bundle()), attempt([('127.0.0.1', %d)], trust=Bundle())])
 """ % (build, srv.port)
     plain, raised, r = run(mpy, fake2000, body)
     assert plain == 1793491200

@@ -11,7 +11,7 @@ _LAZY = {
     "PinSet": "pins", "spki_pin": "pins",
     "Certificate": "x509",
     "CredentialStore": "store",
-    "sync_time": "timesync", "clock_floor": "timesync",
+    "sync_time": "timesync", "clock_floor": "platform",
     "TrustStore": "truststore", "BundleError": "truststore",
 }
 

@@ -314,9 +314,10 @@ class SecureContext:
     def _diagnose(self, exc, hs):
         # Only failures pay the heap for the diagnosis code.
         from tlsguard.diagnose import diagnose
+        floor = platform.clock_floor(self.trust)
         if self.trust is None or self.mode != "verify":
-            return diagnose(exc, hs, self.anchors)
-        err = diagnose(exc, hs, hs.anchors)
+            return diagnose(exc, hs, self.anchors, floor=floor)
+        err = diagnose(exc, hs, hs.anchors, floor=floor)
         if err.kind != "untrusted_root" or hs.failure is not None:
             return err
         host = hs.host
@@ -329,7 +330,7 @@ class SecureContext:
             note = ("the trust store's anchors for it do not verify this chain" if found else
                     "it is not in the trust bundle (%d roots) nor in the %d private roots"
                     % (len(self.trust), len(self._private)))
-            return diagnose(exc, hs, hs.anchors, note)
+            return diagnose(exc, hs, hs.anchors, note, floor)
         if len(self._pending) >= _PENDING_HOSTS:
             self._pending.pop(next(iter(self._pending)))
         self._pending[host] = found

@@ -102,7 +102,7 @@ def _hostname(hs, host, certs):
                     host, 0)
 
 
-def diagnose(exc, hs, anchors=(), note=None):
+def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR):
     """The TLSError for exception `exc` raised during a handshake described by `hs`. `note`
     replaces "no trust anchors are loaded" when anchors come from a search (the trust store)."""
     if isinstance(exc, TLSError):
@@ -114,9 +114,9 @@ def diagnose(exc, hs, anchors=(), note=None):
     certs = _certs(hs) if hs else []
     if isinstance(exc, ValueError):
         text = str(exc)
-        if now < platform.RELEASE_FLOOR and ("future" in text or "expired" in text):
+        if now < floor and ("future" in text or "expired" in text):
             return TLSError("clock_unset", "device clock reads %s, before %s: certificate dates cannot be checked"
-                            % (platform.date(now), platform.date(platform.RELEASE_FLOOR)), host)
+                            % (platform.date(now), platform.date(floor)), host)
         for needle, kind in _FLAGS:
             if needle in text:
                 if kind == "expired":

@@ -30,3 +30,9 @@ def date(secs):
 
 # Library release date (2026-11-01): a clock earlier than this has never been set.
 RELEASE_FLOOR = 1793491200
+
+
+def clock_floor(trust=None):
+    """Seconds since 1970 of the earliest time this device accepts as real: the library's release
+    date, or the trust bundle's build time when `trust` (a trust store) is newer."""
+    return max(RELEASE_FLOOR, getattr(trust, "build_time", 0) or 0)

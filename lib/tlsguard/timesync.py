@@ -1,6 +1,6 @@
 """NTP-before-TLS: an SNTP client (RFC 4330 client rules on RFC 5905 packets) that checks every
 reply, can combine servers, keeps to the polling rules and steps the clock, never below the clock
-floor; plus the clock policy SecureContext runs before a handshake. Owns sync_time, clock_floor."""
+floor; plus the clock policy SecureContext runs before a handshake. Owns sync_time (clock_floor lives in platform)."""
 import os
 import random
 import socket
@@ -27,12 +27,6 @@ _S = 1000000
 
 # Per-server polling state outlives one sync: the RFC 4330 rules are per device, per server.
 _servers = {}
-
-
-def clock_floor(trust=None):
-    """Seconds since 1970 of the earliest time this device accepts as real: the library's release
-    date, or the trust bundle's build time when `trust` (a trust store) is newer."""
-    return max(platform.RELEASE_FLOOR, getattr(trust, "build_time", 0) or 0)
 
 
 def ntp_to_unix_us(secs, frac, pivot):
@@ -216,7 +210,7 @@ class TimeSync:
         self.last = None  # dict about the last successful sync
 
     def floor(self):
-        return clock_floor(self.trust)
+        return platform.clock_floor(self.trust)
 
     def query(self):
         """Ask the servers; returns (agreed _Answer, elapsed ms) or raises TLSError clock_unset."""
