@@ -1,0 +1,32 @@
+"""`tlsguard mpy`: the library compiled with mpy-cross runs under MicroPython and verifies a server."""
+import os
+import subprocess
+import sys
+
+import pki
+from conftest import LIB, MICROPYTHON, pyrepr
+
+TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
+
+
+def test_mpy_build_runs_and_is_smaller(tmp_path, serve, root_ca, inter_ca):
+    out = tmp_path / "mpy"
+    r = subprocess.run([TLSGUARD, "mpy", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    sources = sorted(n[:-3] for n in os.listdir(os.path.join(LIB, "tlsguard")) if n.endswith(".py"))
+    built = sorted(n[:-4] for n in os.listdir(out / "tlsguard"))
+    assert built == sources
+    size = lambda d, ext: sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d) if n.endswith(ext))
+    assert size(out / "tlsguard", ".mpy") < size(os.path.join(LIB, "tlsguard"), ".py") / 2
+    srv = serve(inter_ca.issue())
+    script = tmp_path / "run.py"
+    script.write_text("""
+import tlsguard
+assert tlsguard.__file__.endswith(".mpy") or "mpy" in tlsguard.__file__
+s = tlsguard.connect("localhost", %d, context=tlsguard.SecureContext(cadata=%s, pins={"localhost": [%r, %r]}))
+print("peer", s.peer.subject)
+""" % (srv.port, pyrepr(root_ca.der), pki.spki_pin(inter_ca.cert), pki.spki_pin(pki.CA("spare").cert)))
+    env = dict(os.environ, MICROPYPATH=".frozen:" + str(out))
+    r = subprocess.run([MICROPYTHON, str(script)], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "peer CN=localhost,O=tlsguard tests" in r.stdout
