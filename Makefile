@@ -1,7 +1,6 @@
 # The two commands a new user needs: `make demo` and `make test`. Both set the machine up first.
 VENV := .venv
 PY := $(VENV)/bin/python
-MPY := $(VENV)/bin/micropython
 
 .PHONY: setup demo test bench mpy flash image clean
 
