@@ -92,14 +92,8 @@ class Mosquitto:
             return False
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
         if self.proc is not None:
+            servers.stop_process(self.proc)
             self.proc.stdout.close()
 
     close = stop

@@ -11,6 +11,8 @@ import subprocess
 import threading
 import time
 
+from servers import stop_process
+
 NTP_1970 = 2208988800
 JAN_2000 = "2000-01-01 00:00:00"
 
@@ -99,13 +101,7 @@ class Chrony:
                     raise RuntimeError("chronyd did not answer: %s" % open(self.log.name).read())
 
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

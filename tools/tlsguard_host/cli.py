@@ -37,6 +37,9 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stdout = None
+        return 0
 
 
 if __name__ == "__main__":
