@@ -5,7 +5,7 @@ import importlib
 import sys
 
 # Command modules in the order `tlsguard --help` lists them.
-COMMANDS = ("bundle", "pin", "ca", "doctor", "flash", "image", "mpy")
+COMMANDS = ("bundle", "pin", "ca", "doctor", "flash", "image", "package", "mpy")
 
 
 def build_parser():
