@@ -1,4 +1,5 @@
-"""`tlsguard mpy`: the library compiled with mpy-cross runs under MicroPython and verifies a server."""
+"""`tlsguard mpy`: the library compiled with mpy-cross runs under MicroPython and verifies a pinned
+server again and again within a 64 KB heap."""
 import os
 import subprocess
 import sys
@@ -20,13 +21,21 @@ def test_mpy_build_runs_and_is_smaller(tmp_path, serve, root_ca, inter_ca):
     assert size(out / "tlsguard", ".mpy") < size(os.path.join(LIB, "tlsguard"), ".py") / 2
     srv = serve(inter_ca.issue())
     script = tmp_path / "run.py"
+    # 20 pinned connections in a 64 KB heap (64-bit objects: about 32 KB on an ESP32).
     script.write_text("""
-import tlsguard
-assert tlsguard.__file__.endswith(".mpy") or "mpy" in tlsguard.__file__
-s = tlsguard.connect("localhost", %d, context=tlsguard.SecureContext(cadata=%s, pins={"localhost": [%r, %r]}))
-print("peer", s.peer.subject)
-""" % (srv.port, pyrepr(root_ca.der), pki.spki_pin(inter_ca.cert), pki.spki_pin(pki.CA("spare").cert)))
+import gc, tlsguard
+ctx = tlsguard.SecureContext(cadata=%s, pins={"localhost": [%r, %r]})
+for i in range(20):
+    s = tlsguard.connect("localhost", %d, context=ctx)
+    s.write(b"ping\\n")
+    assert s.readline() == b"echo:ping\\n"
+    peer = s.peer.subject
+    s.close()
+gc.collect()
+print("peer", peer, "free", gc.mem_free())
+""" % (pyrepr(root_ca.der), pki.spki_pin(inter_ca.cert), pki.spki_pin(pki.CA("spare").cert), srv.port))
     env = dict(os.environ, MICROPYPATH=".frozen:" + str(out))
-    r = subprocess.run([MICROPYTHON, str(script)], capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    r = subprocess.run([MICROPYTHON, "-X", "heapsize=64k", str(script)], capture_output=True, text=True,
+                       env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "peer CN=localhost,O=tlsguard tests" in r.stdout
