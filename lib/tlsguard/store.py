@@ -336,6 +336,12 @@ class CredentialStore:
     def version(self):
         return self._sets[0]["version"] if self._sets else 0
 
+    @property
+    def highest_version(self):
+        """The highest version ever activated: a new stage must be above it (rolled-back versions
+        are burnt, so a replay of them is refused)."""
+        return self._high
+
     def active(self):
         """The active CredentialSet, or None when the store holds none."""
         return CredentialSet(self, self._sets[0], self._trial) if self._sets else None

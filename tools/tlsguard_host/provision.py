@@ -129,11 +129,11 @@ def _read(name):
 _s = CredentialStore(%(store)r)
 _crt, _key, _roots, _pins = _read("identity.crt"), _read("identity.key"), _read("roots.pem"), _read("pins.json")
 try:
-    _v = _s.stage(version=max(_s.version, getattr(_s, "_high", 0)) + 1,
+    _v = _s.stage(version=_s.highest_version + 1,
                   identity=(_crt, _key) if _crt else None,
                   roots=[_roots] if _roots else None,
                   pins=json.loads(_pins) if _pins else None,
-                  bundle="%(stage)s/bundle.bin" if _read("bundle.bin") is not None else None)
+                  bundle="%(stage)s/bundle.bin" if "bundle.bin" in os.listdir(%(stage)r) else None)
     _s.activate()
     _s.confirm()
     _a = _s.active()
