@@ -154,7 +154,6 @@ class SecureContext:
             cert, key = identity
             self.identity = (pem_blocks(cert)[0], pem_blocks(key)[0])
         self._idle = None  # (anchors, mbedTLS context) kept for reuse between handshakes
-        self.last_handshake = None
         self.handshakes = 0  # handshakes started, retries included
         if trust is not None:
             self._use_trust(trust, anchor_cache)
@@ -296,7 +295,7 @@ class SecureContext:
             self._release_tls(ctx, hs)
             _close(sock)
             raise self._failed(e, hs)
-        tsock = TLSSocket(self, ctx, hs, raw, sock)
+        tsock = TLSSocket(self, ctx, hs, raw)
         tsock.generation = self._store_gen
         tsock._unproven = self.store is not None and self.store.trial
         if do_handshake_on_connect:
@@ -344,7 +343,6 @@ class SecureContext:
 
     def _verified(self, hs):
         """Called once per successful handshake, with the chain still recorded."""
-        self.last_handshake = hs
         if self.trust is None or self.mode != "verify" or not hs.anchors:
             return
         from tlsguard.anchorcache import spki_ref
@@ -362,12 +360,11 @@ class TLSSocket(io.IOBase):
     """The TLS stream handed to the application: the mbedTLS socket plus diagnosis of errors
     that surface after wrap_socket (non-blocking handshakes, as asyncio does them)."""
 
-    def __init__(self, context, tls_ctx, hs, sock, raw):
+    def __init__(self, context, tls_ctx, hs, sock):
         self._context = context
         self._tls_ctx = tls_ctx
         self._hs = hs
         self._sock = sock
-        self._raw = raw
         self._poller = None
         self.peer_der = None
         self.generation = None

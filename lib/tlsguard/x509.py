@@ -297,23 +297,5 @@ class Certificate:
     def self_issued(self):
         return self.subject_der == self.issuer_der
 
-    def matches_host(self, host):
-        """True if the certificate names `host` (SAN DNS with one-label wildcard, SAN IP, or CN
-        when there is no SAN), the way mbedTLS decides."""
-        host = host.lower().rstrip(".")
-        if self.ip_addresses and host in self.ip_addresses:
-            return True
-        names = self.dns_names
-        if not names and not self.ip_addresses:
-            cn = [p[3:] for p in self.subject.split(",") if p.startswith("CN=")]
-            names = cn
-        for n in names:
-            n = n.lower().rstrip(".")
-            if n == host:
-                return True
-            if n.startswith("*.") and "." in host and host.split(".", 1)[1] == n[2:]:
-                return True
-        return False
-
     def __repr__(self):
         return "<Certificate %s>" % self.subject

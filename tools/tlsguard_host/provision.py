@@ -12,7 +12,6 @@ from tlsguard_host.cmd_mpy import ROOT, compile_lib
 
 STAGE = ".tlsguard-stage"  # board folder for uploads not yet committed
 STORE = "certs"
-CRED_NAMES = ("identity.crt", "identity.key", "roots.pem", "pins.json", "bundle.bin")
 
 
 def sha256(data):
@@ -20,7 +19,7 @@ def sha256(data):
 
 
 class Payload:
-    """files: {board path: bytes} of code; creds: {name in CRED_NAMES: bytes}."""
+    """files: {board path: bytes} of code; creds: {credential file name: bytes}, as credentials() names them."""
 
     def __init__(self, files, creds):
         self.files = files
