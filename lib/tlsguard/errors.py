@@ -1,23 +1,10 @@
 """TLSError: one exception for every way a TLS connection can fail, with a kind to branch on
-and a one-sentence hint on what to do about it."""
-
-HINTS = {
-    "expired": "Renew the server's certificate (or the expired CA in its chain); if it is valid, check the device clock.",
-    "not_yet_valid": "The certificate starts later than the device clock says: sync the clock (NTP) or check the server's dates.",
-    "clock_unset": "The device clock is before the earliest sane date: sync time first (tlsguard.sync_time or time_servers=...).",
-    "hostname_mismatch": "Connect with the name the certificate lists (see its SAN), or reissue the certificate for this host.",
-    "untrusted_root": "Add the root CA that issued this chain (cadata=, the trust bundle, or the credential store), or make the server send its intermediates.",
-    "pin_mismatch": "The server key is not one of the pinned keys: an intercepting proxy, or the server rotated keys; update the pins only if the change is legitimate.",
-    "weak_protocol": "The server offers only TLS below 1.2: upgrade the server's TLS configuration.",
-    "bad_certificate": "A certificate in the chain is malformed or uses an unacceptable algorithm or key usage: reissue it.",
-    "handshake_failed": "The server ended the handshake: check it accepts this device (client certificate, cipher suites) and its logs.",
-    "network": "The network failed before TLS could finish: check Wi-Fi, DNS, the port and the server being up.",
-    "unsupported": "This port cannot do what was asked (e.g. ESP8266's axTLS cannot verify certificates): use an ESP32 or another mbedTLS port.",
-}
+and a one-sentence hint on what to do about it (the hints live in hints.py, loaded on the first
+error: a device whose connections succeed never holds them in RAM)."""
 
 
 class TLSError(Exception):
-    """`kind` (one of HINTS), `host`, `depth` (0 = leaf) where known, `hint`, `detail`."""
+    """`kind` (one of hints.HINTS), `host`, `depth` (0 = leaf) where known, `hint`, `detail`."""
 
     def __init__(self, kind, detail="", host=None, depth=None, hint=None):
         super().__init__(kind, detail)
@@ -25,7 +12,10 @@ class TLSError(Exception):
         self.detail = detail
         self.host = host
         self.depth = depth
-        self.hint = hint or HINTS.get(kind, "")
+        if hint is None:
+            from tlsguard.hints import HINTS
+            hint = HINTS.get(kind, "")
+        self.hint = hint
 
     def __str__(self):
         where = ""
