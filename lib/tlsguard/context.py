@@ -20,10 +20,6 @@ _POLL = 3
 _GOOD_VERSIONS = ("TLSv1.2", "TLSv1.3")
 # Failures a credential set on trial can cause (client certificate, roots, bundle, pins).
 _SET_FAULTS = ("handshake_failed", "untrusted_root", "pin_mismatch", "bad_certificate")
-# Anchors discovered for a host but not yet verified stay in RAM only: at most this many hosts,
-# this many anchors each.
-_PENDING_HOSTS = 4
-_MAX_FOUND = 4
 
 
 def pem_blocks(data):
@@ -130,7 +126,6 @@ class SecureContext:
                            % (platform.PORT, platform.TLS_BACKEND))
         self.mode = mode
         self.ciphers = ciphers
-        self.trust = trust
         # NTP-before-TLS (timesync.ClockPolicy); imported only when asked for, to spare RAM.
         self.clock = None
         if time_servers:
@@ -155,18 +150,17 @@ class SecureContext:
             self.identity = (pem_blocks(cert)[0], pem_blocks(key)[0])
         self._idle = None  # (anchors, mbedTLS context) kept for reuse between handshakes
         self.handshakes = 0  # handshakes started, retries included
-        if trust is not None:
-            self._use_trust(trust, anchor_cache)
+        self._use_trust(trust, anchor_cache)
         self.store = store
         self._store_gen = None
         self._given = (self.anchors, self.identity, self.pins, trust, anchor_cache)
 
     def _use_trust(self, trust, anchor_cache):
-        from tlsguard.anchorcache import AnchorCache
         self.trust = trust
-        self._cache = AnchorCache(anchor_cache or trust.path + ".hosts")
-        self._private = [(Certificate(der).subject_der, der) for der in self.anchors]
-        self._pending = {}
+        self._policy = None
+        if trust is not None:
+            from tlsguard.trustpolicy import TrustPolicy
+            self._policy = TrustPolicy(trust, self.anchors, anchor_cache or trust.path + ".hosts")
 
     def _sync_store(self):
         """Take the store's active set if it changed since the last handshake."""
@@ -184,49 +178,16 @@ class SecureContext:
                 # The cache lives beside the store folder: files inside it belong to sets.
                 trust, cache = TrustStore(active.bundle_path), cache or store.path + ".hosts"
         self.anchors, self.identity, self.pins = anchors, identity, pins
-        self.trust = trust
-        if trust is not None:
-            self._use_trust(trust, cache)
+        self._use_trust(trust, cache)
         self._idle = None  # built with the previous set's identity and anchors
         self._store_gen = store.generation
 
     def _anchors_for(self, host):
-        """(anchor DERs for host, learned): all cadata without a trust store; else discovered
-        anchors awaiting verification, else those the cache remembers, else none (first contact)."""
-        if self.trust is None or self.mode != "verify":
+        """(anchor DERs for host, learned): all cadata without a trust store, else what the
+        trust policy picks."""
+        if self._policy is None or self.mode != "verify":
             return self.anchors, False
-        if host in self._pending:
-            return self._pending[host], True
-        from tlsguard.anchorcache import spki_ref
-        out = []
-        for subject, ref in self._cache.get(host) or ():
-            for der in self._lookup(subject):
-                if der not in out and spki_ref(subject_spki(der)[1]) == ref:
-                    out.append(der)
-        return out, False
-
-    def _lookup(self, subject):
-        """Anchors with this subject DN: private roots first, then the bundle."""
-        return [der for s, der in self._private if s == subject] + self.trust.find(subject)
-
-    def _discover(self, hs):
-        """Anchors for the chain the server presented: the issuer of every certificate and the
-        subject of every CA certificate (so a cross-sign by an old root finds the current one)."""
-        names = []
-        for _, raw in hs.chain:
-            try:
-                c = Certificate(raw)
-            except ValueError:
-                continue
-            for name in (c.issuer_der, c.subject_der if c.is_ca else None):
-                if name is not None and name not in names:
-                    names.append(name)
-        found = []
-        for name in names:
-            for der in self._lookup(name):
-                if der not in found:
-                    found.append(der)
-        return found[:_MAX_FOUND]
+        return self._policy.anchors_for(host)
 
     def _new_tls(self, anchors):
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
@@ -311,49 +272,17 @@ class SecureContext:
         return err
 
     def _diagnose(self, exc, hs):
+        floor = platform.clock_floor(self.trust)
+        if self._policy is not None and self.mode == "verify":
+            return self._policy.diagnose(exc, hs, floor)
         # Only failures pay the heap for the diagnosis code.
         from tlsguard.diagnose import diagnose
-        floor = platform.clock_floor(self.trust)
-        if self.trust is None or self.mode != "verify":
-            return diagnose(exc, hs, self.anchors, floor=floor)
-        err = diagnose(exc, hs, hs.anchors, floor=floor)
-        if err.kind != "untrusted_root" or hs.failure is not None:
-            return err
-        host = hs.host
-        # The anchors given did not verify: forget them, whatever comes next.
-        self._pending.pop(host, None)
-        if hs.anchors and not hs.learned:
-            self._cache.put(host, None)
-        found = self._discover(hs)
-        if hs.learned or not found or found == hs.anchors:
-            note = ("the trust store's anchors for it do not verify this chain" if found else
-                    "it is not in the trust bundle (%d roots) nor in the %d private roots"
-                    % (len(self.trust), len(self._private)))
-            return diagnose(exc, hs, hs.anchors, note, floor)
-        if len(self._pending) >= _PENDING_HOSTS:
-            self._pending.pop(next(iter(self._pending)))
-        self._pending[host] = found
-        names = ", ".join("'%s'" % Certificate(der).subject for der in found)
-        err = TLSError("untrusted_root", "anchor not loaded yet (first contact, or the server changed CA): "
-                       "found %s in the trust store; the next connection will verify with it" % names,
-                       host, None, "Connect again (tlsguard.connect does it by itself): first contact "
-                       "with a host takes two handshakes, the first only shows the chain.")
-        err.retry = True
-        return err
+        return diagnose(exc, hs, self.anchors, floor=floor)
 
     def _verified(self, hs):
         """Called once per successful handshake, with the chain still recorded."""
-        if self.trust is None or self.mode != "verify" or not hs.anchors:
-            return
-        from tlsguard.anchorcache import spki_ref
-        top = hs.top()
-        used = [der for der in hs.anchors if der == top] or hs.anchors
-        refs = []
-        for der in used:
-            subject, spki = subject_spki(der)
-            refs.append((bytes(subject), spki_ref(spki)))
-        self._cache.put(hs.host, refs)
-        self._pending.pop(hs.host, None)
+        if self._policy is not None and self.mode == "verify" and hs.anchors:
+            self._policy.verified(hs)
 
 
 class TLSSocket(io.IOBase):
