@@ -55,6 +55,28 @@ print(json.dumps({"import_us": import_us, "import_heap": import_heap, "times": t
 """
 
 
+IMPORT = """
+import gc
+gc.collect(); before = gc.mem_free()
+import tlsguard
+tlsguard.SecureContext
+gc.collect(); print(before - gc.mem_free())
+"""
+
+
+def import_heap_mpy(work, mp):
+    """Heap `import tlsguard` + SecureContext takes from the mpy-cross build (what a board runs)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from tlsguard_host.cmd_mpy import compile_lib
+    out = os.path.join(work, "mpy")
+    compile_lib(out)
+    with open(os.path.join(work, "imp.py"), "w") as f:
+        f.write(IMPORT)
+    env = dict(os.environ, MICROPYPATH=".frozen:" + out)
+    return int(subprocess.run([mp, "imp.py"], cwd=work, env=env, capture_output=True, text=True,
+                              check=True).stdout.split()[-1])
+
+
 def median(v):
     v = sorted(v)
     return v[len(v) // 2]
@@ -77,6 +99,7 @@ def main():
         mp = os.path.join(os.path.dirname(sys.executable), "micropython")
         out = subprocess.run([mp, "bench.py", str(srv.port)], cwd=work, env=env, capture_output=True,
                              text=True, check=True).stdout
+        mpy_heap = import_heap_mpy(work, mp)
     finally:
         srv.close()
     r = json.loads(out.strip().splitlines()[-1])
@@ -95,7 +118,8 @@ def main():
     for k, label in (("bare", "bare `tls.SSLContext`"), ("ours", "`SecureContext`"), ("pinned", "`SecureContext` + pins")):
         print("| %s | %d B | %d B |" % (label, h[k][0], h[k][1]))
     print()
-    print("`import tlsguard` + `SecureContext` (from .py source): %d B of heap, %.1f ms." % (r["import_heap"], r["import_us"] / 1000))
+    print("`import tlsguard` + `SecureContext`: %d B of heap from .py source (%.1f ms), %d B from the "
+          ".mpy build." % (r["import_heap"], r["import_us"] / 1000, mpy_heap))
     print()
 
 
