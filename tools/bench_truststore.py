@@ -32,7 +32,7 @@ RUNS = 15
 HARNESS = """
 import gc, sys, tls, socket, tlsguard
 # Code is loaded before counting: what is measured is the connection, not compiling modules.
-import tlsguard.context, tlsguard.truststore, tlsguard.anchorcache, tlsguard.diagnose
+import tlsguard.context, tlsguard.truststore, tlsguard.trustpolicy, tlsguard.diagnose
 mode, port, bundle_path, root_path, naive_path = sys.argv[1:6]
 port = int(port)
 

@@ -3,7 +3,6 @@ use. Anchors that verified a host are remembered on flash (anchorcache); on firs
 a server moves to another CA, they are discovered from the chain the failed handshake presented.
 Loaded only by a SecureContext given a trust store."""
 from tlsguard.anchorcache import AnchorCache, spki_ref
-from tlsguard.diagnose import diagnose
 from tlsguard.errors import TLSError
 from tlsguard.x509 import Certificate, subject_spki
 
@@ -61,6 +60,7 @@ class TrustPolicy:
     def diagnose(self, exc, hs, floor):
         """The TLSError for a failed handshake; an untrusted chain whose anchors the store holds
         becomes a retryable error, the anchors kept for the next connection to this host."""
+        from tlsguard.diagnose import diagnose
         err = diagnose(exc, hs, hs.anchors, floor=floor)
         if err.kind != "untrusted_root" or hs.failure is not None:
             return err
