@@ -45,7 +45,7 @@ def faketime_env(tmp_path, start=JAN_2000):
     return {"LD_PRELOAD": faketime_lib(), "FAKETIME_TIMESTAMP_FILE": path, "FAKETIME_NO_CACHE": "1"}
 
 
-def _free_udp_port():
+def free_udp_port():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -82,7 +82,7 @@ class Chrony:
     def __init__(self, workdir):
         self.dir = os.path.join(str(workdir), "chrony")
         os.makedirs(self.dir, exist_ok=True)
-        self.port = _free_udp_port()
+        self.port = free_udp_port()
         conf = os.path.join(self.dir, "chrony.conf")
         with open(conf, "w") as f:
             f.write("port %d\nbindaddress 127.0.0.1\nlocal stratum 8\nallow 127.0.0.1\ncmdport 0\n"

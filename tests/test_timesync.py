@@ -3,7 +3,6 @@ rejected with the clock untouched, polling rules, combining, the floor, the 2036
 whole connect() flow from a clock at 2000-01-01 (libfaketime moves the device clock)."""
 import datetime
 import re
-import socket
 import time
 
 import pytest
@@ -73,14 +72,6 @@ def observer():
 @pytest.fixture
 def fake2000(tmp_path):
     return ntp_servers.faketime_env(tmp_path)
-
-
-def dead_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def run(mpy, env, body):
@@ -200,14 +191,14 @@ def test_minimum_poll_interval_per_server(mpy, chrony, fake2000):
 
 
 def test_failover_to_next_server(mpy, chrony, fake2000):
-    body = "emit(attempt([('127.0.0.1', %d), ('127.0.0.1', %d)], timeout=0.3))\n" % (dead_port(), chrony.port)
+    body = "emit(attempt([('127.0.0.1', %d), ('127.0.0.1', %d)], timeout=0.3))\n" % (ntp_servers.free_udp_port(), chrony.port)
     r = run(mpy, fake2000, body)
     assert r["ok"], r
     assert 250 <= r["ms"] < 1500
 
 
 def test_unreachable_gives_clock_unset_within_max_time(mpy, fake2000):
-    a, b = dead_port(), dead_port()
+    a, b = ntp_servers.free_udp_port(), ntp_servers.free_udp_port()
     r = run(mpy, fake2000, "emit(attempt([('127.0.0.1', %d), ('127.0.0.1', %d)], timeout=0.4, attempts=3, max_time=1.0))\n"
             % (a, b))
     assert_untouched(r)
@@ -334,7 +325,7 @@ def test_connect_without_time_servers_is_clock_unset(mpy, serve, root_ca, fake20
 
 def test_connect_ntp_unreachable_is_clock_unset(mpy, serve, root_ca, fake2000):
     srv = serve(root_ca.issue())
-    port = dead_port()
+    port = ntp_servers.free_udp_port()
     body = "emit(connect(%d, cadata=%s, time_servers=[('127.0.0.1', %d)], time_options={'timeout': 0.2, 'attempts': 2}))\n" % (
         srv.port, pyrepr(root_ca.der), port)
     r = mpy.value(CONNECT + body, env=fake2000)
@@ -352,7 +343,7 @@ def test_connect_floor_fallback_is_explicit(mpy, serve, tmp_path, fake2000):
     ca = pki.CA("tlsguard floor root", not_before=since)
     srv = serve(ca.issue(not_before=since))
     body = "emit(connect(%d, cadata=%s, time_servers=[('127.0.0.1', %d)], time_options={'timeout': 0.2, 'attempts': 1}, floor_fallback=True))\n" % (
-        srv.port, pyrepr(ca.der), dead_port())
+        srv.port, pyrepr(ca.der), ntp_servers.free_udp_port())
     r = mpy.run(CONNECT + body, env=fake2000)
     assert r.returncode == 0, r.output
     assert r.value["ok"], r.value

@@ -309,16 +309,13 @@ class TLSSocket(io.IOBase):
         raise self._context._failed(exc, hs)
 
     def _handshake_done(self):
-        hs = self._hs
+        hs, self._hs = self._hs, None
+        self._context._release_tls(self._tls_ctx, hs)
         version = self._sock.cipher()[1]
         if version not in _GOOD_VERSIONS:
-            self._hs = None
-            self._context._release_tls(self._tls_ctx, hs)
             _close(self._sock)
             raise TLSError("weak_protocol", "negotiated %s; TLS 1.2 or later is required" % version, hs.host)
-        self._hs = None
         self.peer_der = hs.leaf()
-        self._context._release_tls(self._tls_ctx, hs)
         self._context._verified(hs)
         hs.chain = []
 
