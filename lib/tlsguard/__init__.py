@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # Public name -> module defining it; any other name is taken as a submodule, which is also how
 # `from tlsguard import der` reaches here on MicroPython.
 _LAZY = {
-    "SecureContext": "context", "TLSSocket": "context", "connect": "context",
+    "SecureContext": "context", "TLSSocket": "tlssocket", "connect": "context",
     "PinSet": "pins", "spki_pin": "pins",
     "Certificate": "x509",
     "CredentialStore": "store",

@@ -2,22 +2,17 @@
 callback records the chain and enforces SPKI pins; every failure becomes a TLSError. With a trust
 store, it chooses the few anchors each host needs (remembered per host, or discovered from the
 chain a first handshake presents) and loads only those into mbedTLS."""
-import io
-import select
 import socket
 
 from tlsguard import platform
 from tlsguard.errors import TLSError
-from tlsguard.pins import Pins, spki_digest
-from tlsguard.x509 import Certificate, subject_spki
+from tlsguard.handshake import Handshake
+from tlsguard.pins import Pins
+from tlsguard.tlssocket import TLSSocket, _close
+from tlsguard.x509 import Certificate
 
 tls = platform.tls
 MODES = ("verify", "pin_only", "insecure")
-# MBEDTLS_ERR_X509_FATAL_ERROR: unlike a verify failure, CERT_OPTIONAL does not swallow it, so a
-# pin veto ends the handshake in every mode.
-_ABORT = -0x3000
-_POLL = 3
-_GOOD_VERSIONS = ("TLSv1.2", "TLSv1.3")
 # Failures a credential set on trial can cause (client certificate, roots, bundle, pins).
 _SET_FAULTS = ("handshake_failed", "untrusted_root", "pin_mismatch", "bad_certificate")
 
@@ -35,65 +30,6 @@ def pem_blocks(data):
         body = part.split(b"-----", 1)[1].split(b"-----END", 1)[0]
         out.append(binascii.a2b_base64(body.replace(b"\n", b"").replace(b"\r", b"")))
     return out
-
-
-class _Handshake:
-    """What the verify callback saw during one handshake (top of the chain first)."""
-
-    def __init__(self, host, pinset, identity, anchors=(), learned=False, pin_always=False):
-        self.host = host
-        self.pin_always = pin_always  # pin_only mode: the pin is the only trust decision
-        self.identity = identity
-        self.pinset = pinset
-        self.anchors = anchors  # what mbedTLS was given for this handshake
-        self.learned = learned  # anchors come from discovery, not yet verified
-        self.pin_ok = pinset is None
-        self.chain = []
-        self.failure = None
-
-    def callback(self, cert, depth):
-        # Runs inside mbedTLS: nothing may escape, a non-zero return aborts the handshake.
-        try:
-            raw = bytes(cert)
-            self.chain.append((depth, raw))
-            if not self.pin_ok:
-                try:
-                    self.pin_ok = self.pinset.matches(spki_digest(subject_spki(raw)[1]))
-                except ValueError:
-                    pass
-                # A chain that did not reach an anchor fails verification anyway: leave it to
-                # mbedTLS, so that first contact via the trust store (no root loaded yet) is
-                # diagnosed untrusted and retried with the root a pin may name.
-                if depth == 0 and not self.pin_ok and (self.pin_always or self.top() in self.anchors):
-                    self.failure = self._pin_error()
-                    return _ABORT
-            return 0
-        except Exception as e:  # noqa: BLE001 - must not unwind through mbedTLS
-            self.failure = TLSError("handshake_failed", "verify callback error: %r" % e, self.host, depth)
-            return _ABORT
-
-    def _pin_error(self):
-        from tlsguard.pins import PREFIX
-        import binascii
-        seen = []
-        for depth, raw in self.chain:
-            try:
-                d = spki_digest(subject_spki(raw)[1])
-                seen.append("depth %d %s%s" % (depth, PREFIX, binascii.b2a_base64(d).decode().strip()))
-            except ValueError:
-                seen.append("depth %d unreadable" % depth)
-        return TLSError("pin_mismatch", "no certificate in the chain matches the pins (chain: %s)"
-                        % "; ".join(seen), self.host)
-
-    def leaf(self):
-        for depth, raw in self.chain:
-            if depth == 0:
-                return raw
-        return None
-
-    def top(self):
-        """The certificate at the top of the chain mbedTLS built (the anchor, once verified)."""
-        return max(self.chain)[1] if self.chain else None
 
 
 class SecureContext:
@@ -244,7 +180,7 @@ class SecureContext:
         if self.mode == "pin_only" and pinset is None:
             raise ValueError("pin_only mode needs a pin set for %r" % server_hostname)
         anchors, learned = self._anchors_for(server_hostname)
-        hs = _Handshake(server_hostname, pinset, self.identity is not None, anchors, learned,
+        hs = Handshake(server_hostname, pinset, self.identity is not None, anchors, learned,
                         self.mode == "pin_only")
         ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
@@ -283,116 +219,6 @@ class SecureContext:
         """Called once per successful handshake, with the chain still recorded."""
         if self._policy is not None and self.mode == "verify" and hs.anchors:
             self._policy.verified(hs)
-
-
-class TLSSocket(io.IOBase):
-    """The TLS stream handed to the application: the mbedTLS socket plus diagnosis of errors
-    that surface after wrap_socket (non-blocking handshakes, as asyncio does them)."""
-
-    def __init__(self, context, tls_ctx, hs, sock):
-        self._context = context
-        self._tls_ctx = tls_ctx
-        self._hs = hs
-        self._sock = sock
-        self._poller = None
-        self.peer_der = None
-        self.generation = None
-        self._unproven = False  # made with a trial set that its server has not yet accepted
-
-    def _fail(self, exc):
-        hs = self._hs
-        if hs is None:  # handshake finished: a plain I/O error
-            raise exc
-        self._hs = None
-        self._context._release_tls(self._tls_ctx, hs)
-        _close(self._sock)
-        raise self._context._failed(exc, hs)
-
-    def _handshake_done(self):
-        hs, self._hs = self._hs, None
-        self._context._release_tls(self._tls_ctx, hs)
-        version = self._sock.cipher()[1]
-        if version not in _GOOD_VERSIONS:
-            _close(self._sock)
-            raise TLSError("weak_protocol", "negotiated %s; TLS 1.2 or later is required" % version, hs.host)
-        self.peer_der = hs.leaf()
-        self._context._verified(hs)
-        hs.chain = []
-
-    def _io(self, fn, *args):
-        try:
-            r = fn(*args)
-        except Exception as e:  # noqa: BLE001
-            if self._unproven and self._hs is None:
-                # With TLS 1.3 a server refuses a client certificate after the client's
-                # handshake is over: the first read fails.
-                self._unproven = False
-                self._context.store.handshake_failed()
-            self._fail(e)
-        if self._hs is not None and r is not None:
-            self._handshake_done()
-        return r
-
-    def _received(self, r):
-        # Data from the server is the proof that it accepted the trial set (see _io).
-        if r and self._unproven:
-            self._unproven = False
-            self._context.store.handshake_ok()
-        return r
-
-    def read(self, n=-1):
-        return self._received(self._io(self._sock.read, n))
-
-    def readinto(self, buf, n=None):
-        return self._received(self._io(self._sock.readinto, buf) if n is None else
-                              self._io(self._sock.readinto, buf, n))
-
-    def readline(self):
-        return self._received(self._io(self._sock.readline))
-
-    def write(self, buf):
-        return self._io(self._sock.write, buf)
-
-    def setblocking(self, flag):
-        self._sock.setblocking(flag)
-
-    def close(self):
-        _close(self._sock)
-
-    def cipher(self):
-        return self._sock.cipher()
-
-    def getpeercert(self, binary_form=False):
-        if not binary_form:
-            raise NotImplementedError("only getpeercert(True) (DER) is available")
-        return self.peer_der
-
-    @property
-    def peer(self):
-        """The server's certificate (Certificate) once the handshake is done."""
-        return Certificate(self.peer_der) if self.peer_der else None
-
-    def ioctl(self, req, arg):
-        # select/poll (and so asyncio) ask the stream whether it is ready; the mbedTLS socket knows.
-        if req == _POLL:
-            if self._poller is None:
-                self._poller = select.poll()
-                self._poller.register(self._sock, arg)
-            else:
-                self._poller.modify(self._sock, arg)
-            ready = self._poller.poll(0)
-            return ready[0][1] if ready else 0
-        if req == 4:  # close
-            self.close()
-            return 0
-        return -1
-
-
-def _close(s):
-    try:
-        s.close()
-    except OSError:
-        pass
 
 
 def _tcp(host, port, ai, timeout):
