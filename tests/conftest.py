@@ -43,27 +43,46 @@ class MPResult:
         return self.stdout + self.stderr
 
 
-class MicroPython:
-    """Runs device code under the real MicroPython unix port with lib/ on its path.
-    Scripts call `emit(obj)` to hand a JSON value back."""
+# Builds the device suites run on: the PyPI unix port (64-bit, tlsguard from lib/) and the 32-bit
+# test firmware with tlsguard frozen (tools/unixfw.py; mbedTLS outside the GC heap, as on ESP32).
+# TLSGUARD_BUILDS=pypi (or fw32) runs one only. Each process gets a board-sized heap unless a test
+# asks for another: fw32 the ~100 KB an ESP32 gives Python less the firmware's own use, pypi twice
+# that (its objects are twice the size).
+BUILDS = [b for b in os.environ.get("TLSGUARD_BUILDS", "pypi,fw32").split(",") if b]
+HEAP = {"pypi": "192k", "fw32": "96k", "fw32-rp2": "160k"}
+FIRMWARE_VARIANT = {"fw32": "esp32", "fw32-rp2": "rp2"}
 
-    def __init__(self, cwd):
+
+class MicroPython:
+    """Runs device code under a real MicroPython unix port: `build` "pypi" with lib/ on its path,
+    or a 32-bit firmware with tlsguard frozen (lib/ is kept off its path, so the frozen code is what
+    runs). Scripts call `emit(obj)` to hand a JSON value back."""
+
+    def __init__(self, cwd, build="pypi", exe=MICROPYTHON):
         self.cwd = str(cwd)
+        self.build = build
+        self.exe = exe
+        self.frozen = build != "pypi"
+        self.heapsize = HEAP[build]
 
     def env(self, extra=None):
         env = dict(os.environ)
         env["MICROPYPATH"] = ".frozen:" + LIB
         env.update(extra or {})
+        if self.frozen:
+            env["MICROPYPATH"] = ":".join(p for p in env["MICROPYPATH"].split(":")
+                                          if os.path.abspath(p) != LIB)
         return env
 
+    def argv(self, heapsize=None):
+        """The command line, with the build's heap size unless heapsize says otherwise."""
+        return [self.exe, "-X", "heapsize=%s" % (heapsize or self.heapsize)]
+
     def run(self, code, timeout=60, heapsize=None, env=None, args=()):
-        cmd = [MICROPYTHON]
-        if heapsize:
-            cmd += ["-X", "heapsize=%s" % heapsize]
         script = os.path.join(self.cwd, "_t.py")
         with open(script, "w") as f:
             f.write(PRELUDE + code)
-        proc = subprocess.run(cmd + [script] + list(args), cwd=self.cwd, env=self.env(env),
+        proc = subprocess.run(self.argv(heapsize) + [script] + list(args), cwd=self.cwd, env=self.env(env),
                               capture_output=True, text=True, timeout=timeout)
         return MPResult(proc)
 
@@ -73,9 +92,41 @@ class MicroPython:
         return r.value
 
 
+def firmware_path(build):
+    """The firmware of a frozen build, built once per cache key (tools/unixfw.py locks and caches)."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import unixfw
+    finally:
+        sys.path.pop(0)
+    try:
+        return unixfw.build(FIRMWARE_VARIANT[build])
+    except unixfw.BuildError as e:
+        pytest.fail("cannot build the %s test firmware: %s" % (build, e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def firmwares():
+    """build name -> micropython path; frozen builds are built on first use in the session."""
+    paths = {"pypi": MICROPYTHON}
+
+    def get(build):
+        if build not in paths:
+            paths[build] = firmware_path(build)
+        return paths[build]
+    return get
+
+
+def pytest_generate_tests(metafunc):
+    if "mpy_build" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("builds")
+        builds = [b for b in BUILDS if not marker or b in marker.args]
+        metafunc.parametrize("mpy_build", builds, ids=builds)
+
+
 @pytest.fixture
-def mpy(tmp_path):
-    return MicroPython(tmp_path)
+def mpy(tmp_path, firmwares, mpy_build):
+    return MicroPython(tmp_path, mpy_build, firmwares(mpy_build))
 
 
 @pytest.fixture(scope="session")

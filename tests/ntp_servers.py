@@ -25,14 +25,13 @@ def ntp_stamp(t):
 
 
 def faketime_lib():
-    """Path of libfaketime.so.1, asked from dpkg rather than assumed."""
-    for pkg in ("libfaketime", "faketime"):
-        r = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True)
-        for line in r.stdout.splitlines():
-            if line.endswith("/libfaketime.so.1"):
-                return line
-    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
-    assert found, "libfaketime not installed (tools/setup.sh installs Debian 'faketime')"
+    """LD_PRELOAD path of libfaketime.so.1. With both the 64-bit and the i386 library installed
+    (tools/setup.sh), ld.so's $LIB picks the one matching each binary: the PyPI port and the 32-bit
+    test firmware both get a fake clock."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    assert found, "libfaketime not installed (tools/setup.sh installs Debian 'libfaketime')"
+    if len(found) > 1:
+        return "/usr/$LIB/faketime/libfaketime.so.1"
     return found[0]
 
 

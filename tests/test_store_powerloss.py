@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 import pki
-from conftest import MICROPYTHON, RESULT
+from conftest import RESULT
 
 DEVICE = r"""
 import hashlib, json, os, sys, vfs
@@ -169,7 +169,7 @@ def inputs(tmp_path_factory):
 
 def device(mpy, work, mode, action, kill=-1):
     """Run the device script; returns the summaries it printed, or None when it was killed."""
-    proc = subprocess.Popen([MICROPYTHON, str(work.parent / "device.py"), mode, action, str(kill), str(work)],
+    proc = subprocess.Popen(mpy.argv() + [str(work.parent / "device.py"), mode, action, str(kill), str(work)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=mpy.env(), text=True)
     seen = []

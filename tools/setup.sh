@@ -2,7 +2,8 @@
 # Prepares a fresh machine: Debian packages the tests use, then the local venv from pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEBS="openssl faketime chrony mosquitto socat valgrind"
+# gcc-multilib and libfaketime:i386: the 32-bit test firmware (tools/unixfw.py) and its fake clock.
+DEBS="openssl faketime chrony mosquitto socat valgrind gcc-multilib make libfaketime:i386"
 missing=""
 for p in $DEBS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -10,6 +11,7 @@ done
 if [ -n "$missing" ]; then
   echo "setup: installing Debian packages:$missing"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  case "$missing" in *:i386*) dpkg --print-foreign-architectures | grep -qx i386 || $SUDO dpkg --add-architecture i386;; esac
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
