@@ -178,13 +178,22 @@ def _frozen_files(tree, manifest, path_vars):
         sys.modules.pop("manifestfile", None)
 
 
-def build(variant="esp32", src=None, log=None):
-    """Path of the firmware for `variant`, built if no cached firmware has the same key."""
+def _source(src):
     src = os.path.abspath(src or os.environ.get("MICROPYTHON_SRC") or DEFAULT_SRC)
     if not os.path.exists(src):
         raise BuildError("no MicroPython sources: set MICROPYTHON_SRC to a source tree or tarball "
                          "(default %s is missing)" % src)
-    ident = source_identity(src)
+    return src, source_identity(src)
+
+
+def source_tree(src=None):
+    """The prepared source tree (with its mpy-cross) the firmware is built from."""
+    return _prepare_tree(*_source(src))
+
+
+def build(variant="esp32", src=None, log=None):
+    """Path of the firmware for `variant`, built if no cached firmware has the same key."""
+    src, ident = _source(src)
     tree = _prepare_tree(src, ident)
     files = variant_files(variant)
     vkey = _sha(variant, MAKE_FLAGS, *sorted(files.items()))[:12]
