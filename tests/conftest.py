@@ -45,7 +45,8 @@ class MPResult:
 
 # Builds the device suites run on: the PyPI unix port (64-bit, tlsguard from lib/) and the 32-bit
 # test firmware with tlsguard frozen (tools/unixfw.py; mbedTLS outside the GC heap, as on ESP32).
-# TLSGUARD_BUILDS=pypi (or fw32) runs one only. Each process gets a board-sized heap unless a test
+# TLSGUARD_BUILDS=pypi (or fw32, or pypi,fw32,fw32-rp2) sets the builds of unmarked tests;
+# @pytest.mark.builds(...) names a test's own. Each process gets a board-sized heap unless a test
 # asks for another: fw32 the ~100 KB an ESP32 gives Python less the firmware's own use, pypi twice
 # that (its objects are twice the size).
 BUILDS = [b for b in os.environ.get("TLSGUARD_BUILDS", "pypi,fw32").split(",") if b]
@@ -120,7 +121,7 @@ def firmwares():
 def pytest_generate_tests(metafunc):
     if "mpy_build" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("builds")
-        builds = [b for b in BUILDS if not marker or b in marker.args]
+        builds = list(marker.args) if marker else BUILDS
         metafunc.parametrize("mpy_build", builds, ids=builds)
 
 

@@ -31,6 +31,7 @@ DEFAULT_SRC = os.path.join(ROOT, "..", "shared", "micropython", "micropython-1.2
 CLIENTS = os.path.join(ROOT, "..", "shared", "clients")
 VARIANTS = ("esp32", "rp2")
 MAKE_FLAGS = ("CC=gcc -m32", "MICROPY_PY_FFI=0", "MICROPY_PY_BTREE=0")
+KEEP_FIRMWARES = 20
 KEEP_TREES = 3  # unpacked source trees kept in the cache (each about 150 MB with objects)
 
 
@@ -191,30 +192,44 @@ def source_tree(src=None):
     return _prepare_tree(*_source(src))
 
 
-def build(variant="esp32", src=None, log=None):
-    """Path of the firmware for `variant`, built if no cached firmware has the same key."""
+def _plan(variant, src, root):
+    """Source identity, tree, variant name and directory, and manifest path variables (the
+    variant directory is written into the tree on first use)."""
     src, ident = _source(src)
     tree = _prepare_tree(src, ident)
     files = variant_files(variant)
-    vkey = _sha(variant, MAKE_FLAGS, *sorted(files.items()))[:12]
-    vname = "tg-%s-%s" % (variant, vkey)
+    vname = "tg-%s-%s" % (variant, _sha(variant, MAKE_FLAGS, *sorted(files.items()))[:12])
     port = os.path.join(tree, "ports", "unix")
     vdir = os.path.join(port, "variants", vname)
     path_vars = {"MPY_DIR": tree, "MPY_LIB_DIR": os.path.join(tree, "lib", "micropython-lib"),
-                 "PORT_DIR": port, "BOARD_DIR": vdir, "TLSGUARD_DIR": ROOT,
+                 "PORT_DIR": port, "BOARD_DIR": vdir, "TLSGUARD_DIR": os.path.abspath(root),
                  "CLIENTS_DIR": os.path.abspath(CLIENTS)}
-    lock = os.path.join(os.path.dirname(tree), vname + ".lock")
-    with _Lock(lock):
+    with _Lock(os.path.join(os.path.dirname(tree), vname + ".lock")):
         if not os.path.isdir(vdir):
             os.makedirs(vdir + ".tmp", exist_ok=True)
             for name, text in files.items():
                 with open(os.path.join(vdir + ".tmp", name), "w") as f:
                     f.write(text)
             os.rename(vdir + ".tmp", vdir)
-        key = firmware_key(ident, vkey, tree, vdir, path_vars)
-        out = os.path.join(cache_dir(), "bin", key)
+    return src, ident, tree, vname, vdir, path_vars
+
+
+def key(variant="esp32", src=None, root=ROOT):
+    """The cache key of the firmware `build` would give for the clone at `root`."""
+    src, ident, tree, vname, vdir, path_vars = _plan(variant, src, root)
+    return firmware_key(ident, vname, tree, vdir, path_vars)
+
+
+def build(variant="esp32", src=None, log=None, root=ROOT):
+    """Path of the firmware for `variant`, built if no cached firmware has the same key."""
+    src, ident, tree, vname, vdir, path_vars = _plan(variant, src, root)
+    port = os.path.join(tree, "ports", "unix")
+    with _Lock(os.path.join(os.path.dirname(tree), vname + ".lock")):
+        fkey = firmware_key(ident, vname, tree, vdir, path_vars)
+        out = os.path.join(cache_dir(), "bin", fkey)
         prog = os.path.join(out, "micropython")
         if os.path.exists(prog):
+            os.utime(out)
             return prog
         bdir = os.path.join(port, "build-" + vname)
         # makemanifest reuses a frozen .mpy whose source is older: another clone's library with
@@ -229,7 +244,7 @@ def build(variant="esp32", src=None, log=None):
               "BUILD=build-" + vname] + list(MAKE_FLAGS) +
              ["MICROPY_MANIFEST_%s=%s" % (k, path_vars[k]) for k in ("TLSGUARD_DIR", "CLIENTS_DIR")],
              tree, log)
-        if firmware_key(ident, vkey, tree, vdir, path_vars) != key:
+        if firmware_key(ident, vname, tree, vdir, path_vars) != fkey:
             raise BuildError("frozen files changed during the build; run it again")
         os.makedirs(out + ".tmp", exist_ok=True)
         shutil.copy2(os.path.join(bdir, "micropython"), os.path.join(out + ".tmp", "micropython"))
@@ -239,15 +254,29 @@ def build(variant="esp32", src=None, log=None):
                        "build_seconds": round(time.time() - t0, 1)}, f, indent=1)
         shutil.rmtree(out, ignore_errors=True)
         os.rename(out + ".tmp", out)
-        return prog
+    _prune_firmwares()
+    return prog
 
 
-def firmware_key(ident, vkey, tree, vdir, path_vars):
-    frozen = _frozen_files(tree, os.path.join(vdir, "manifest.py"), path_vars)
-    with open(os.path.join(ROOT, "manifest.py"), "rb") as f:
+def _prune_firmwares():
+    """Drop firmwares unused for a day beyond the newest KEEP_FIRMWARES (each about 1 MB)."""
+    bins = os.path.join(cache_dir(), "bin")
+    old = sorted((os.path.join(bins, d) for d in os.listdir(bins) if not d.endswith(".tmp")),
+                 key=lambda p: os.stat(p).st_mtime, reverse=True)[KEEP_FIRMWARES:]
+    for path in old:
+        if time.time() - os.stat(path).st_mtime > 86400:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def firmware_key(ident, vname, tree, vdir, path_vars):
+    """Hash of the source identity, the variant, tlsguard's manifest.py and every frozen file
+    (its content, and its path relative to the clone so that clones share firmwares)."""
+    root = path_vars["TLSGUARD_DIR"]
+    with open(os.path.join(root, "manifest.py"), "rb") as f:
         manifest = f.read()
-    return _sha(ident, vkey, manifest, *[(os.path.relpath(p, ROOT) if p.startswith(ROOT) else p) + _file_sha(p)
-                               for p in frozen])[:24]
+    frozen = _frozen_files(tree, os.path.join(vdir, "manifest.py"), path_vars)
+    return _sha(ident, vname, manifest, *[(os.path.relpath(p, root) if p.startswith(root + os.sep) else p)
+                                         + _file_sha(p) for p in frozen])[:24]
 
 
 def main(argv):

@@ -1,0 +1,116 @@
+"""The 32-bit test firmware (tools/unixfw.py): tlsguard really runs frozen there, objects are
+ESP32-sized, its mbedTLS is shaped like the board's, and a cached firmware is never reused for
+another library, manifest or source tree."""
+import os
+import shutil
+import sys
+
+import pytest
+
+import pki
+from conftest import LIB, ROOT, pyrepr
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import unixfw  # noqa: E402
+
+
+
+@pytest.mark.builds("fw32", "fw32-rp2")
+def test_frozen_build_runs_frozen_code_on_32_bit(mpy):
+    r = mpy.value("""
+import sys, tlsguard
+emit({"file": tlsguard.__file__, "path": sys.path, "build": sys.implementation._build,
+      "maxsize": sys.maxsize})
+""")
+    assert LIB not in r["path"]
+    assert not r["file"].startswith("/"), r  # a frozen module has no file on disk
+    assert r["maxsize"] == 2 ** 31 - 1  # 32-bit: small ints and pointers as on an ESP32
+    assert r["build"].startswith("tg-" + {"fw32": "esp32", "fw32-rp2": "rp2"}[mpy.build])
+
+
+@pytest.mark.builds("fw32")
+def test_esp32_shaped_mbedtls_keeps_the_peer_certificate(mpy, serve, root_ca, inter_ca):
+    """MBEDTLS_SSL_KEEP_PEER_CERTIFICATE, as ESP-IDF's default: getpeercert(True) is the leaf."""
+    leaf = inter_ca.issue()
+    srv = serve(leaf)
+    got = mpy.value("""
+import socket, tls
+ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(%s)
+s = socket.socket()
+s.connect(socket.getaddrinfo("localhost", %d)[0][-1])
+s = ctx.wrap_socket(s, server_hostname="localhost")
+emit(bytes(s.getpeercert(True)).hex())
+s.close()
+""" % (pyrepr(root_ca.der), srv.port))
+    assert bytes.fromhex(got) == leaf.der
+
+
+@pytest.mark.builds("fw32-rp2")
+def test_rp2_shaped_mbedtls_allocates_on_the_gc_heap(mpy, serve, root_ca, inter_ca):
+    """An open connection holds mbedTLS's record buffers (16 KB in, 4 KB out) in the GC heap."""
+    srv = serve(inter_ca.issue())
+    held = mpy.value("""
+import gc, socket, tls
+ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+ctx.load_verify_locations(%s)
+gc.collect(); base = gc.mem_alloc()
+s = socket.socket()
+s.connect(socket.getaddrinfo("localhost", %d)[0][-1])
+s = ctx.wrap_socket(s, server_hostname="localhost")
+gc.collect(); emit(gc.mem_alloc() - base)
+s.close()
+""" % (pyrepr(root_ca.der), srv.port))
+    assert held > 20 * 1024
+
+
+def test_a_firmware_is_keyed_by_every_frozen_file_and_the_manifest(tmp_path):
+    clone = tmp_path / "clone"
+    shutil.copytree(os.path.join(LIB, "tlsguard"), clone / "lib" / "tlsguard")
+    shutil.copy(os.path.join(ROOT, "manifest.py"), clone / "manifest.py")
+    base = unixfw.key("esp32", root=str(clone))
+    assert unixfw.key("esp32", root=str(clone)) == base
+    assert unixfw.key("esp32") == base  # same content elsewhere: the same firmware
+    assert unixfw.key("rp2", root=str(clone)) != base
+
+    x509 = clone / "lib" / "tlsguard" / "x509.py"
+    x509.write_text(x509.read_text() + "\n# changed\n")
+    changed = unixfw.key("esp32", root=str(clone))
+    assert changed != base
+    (clone / "lib" / "tlsguard" / "newmod.py").write_text("X = 1\n")
+    assert unixfw.key("esp32", root=str(clone)) not in (base, changed)
+    (clone / "manifest.py").write_text((clone / "manifest.py").read_text().replace("opt=3", "opt=0"))
+    assert unixfw.key("esp32", root=str(clone)) not in (base, changed)
+
+
+def test_another_source_tree_is_another_identity(tmp_path):
+    tree = tmp_path / "micropython"
+    (tree / "ports" / "unix").mkdir(parents=True)
+    (tree / "py").mkdir()
+    (tree / "py" / "vm.c").write_text("int x;\n")
+    first = unixfw.source_identity(str(tree))
+    (tree / "build-standard").mkdir()  # build output is not part of the identity
+    (tree / "build-standard" / "x.o").write_text("")
+    assert unixfw.source_identity(str(tree)) == first
+    (tree / "py" / "vm.c").write_text("int y;\n")
+    assert unixfw.source_identity(str(tree)) != first
+    with pytest.raises(unixfw.BuildError, match="neither a MicroPython source tree"):
+        unixfw.source_identity(str(tmp_path))
+
+
+@pytest.mark.builds("fw32")
+def test_twenty_pinned_connections_fit_an_esp32_sized_heap(mpy, serve, root_ca, inter_ca):
+    """The README's budget with margin: 20 pinned connections in 24 KB of 32-bit heap."""
+    srv = serve(inter_ca.issue())
+    r = mpy.run("""
+import tlsguard
+ctx = tlsguard.SecureContext(cadata=%s, pins={"localhost": [%r, %r]})
+for i in range(20):
+    s = tlsguard.connect("localhost", %d, context=ctx)
+    s.write(b"ping\\n")
+    assert s.readline() == b"echo:ping\\n"
+    s.close()
+emit("ok")
+""" % (pyrepr(root_ca.der), pki.spki_pin(inter_ca.cert), pki.spki_pin(pki.CA("spare").cert), srv.port),
+        heapsize="24k")
+    assert r.returncode == 0 and r.value == "ok", r.output
