@@ -114,3 +114,49 @@ emit("ok")
 """ % (pyrepr(root_ca.der), pki.spki_pin(inter_ca.cert), pki.spki_pin(pki.CA("spare").cert), srv.port),
         heapsize="24k")
     assert r.returncode == 0 and r.value == "ok", r.output
+
+
+def frozen_by(manifest, tmp_path, **path_vars):
+    """{target path: source} MicroPython's own manifest reader freezes for `manifest`."""
+    tools = os.path.join(unixfw.source_tree(), "tools")
+    sys.path.insert(0, tools)
+    try:
+        import manifestfile
+        m = manifestfile.ManifestFile(manifestfile.MODE_FREEZE, dict({"MPY_LIB_DIR": None}, **path_vars))
+        m.execute(str(manifest))
+        return {o.target_path: o.full_path for o in m.files()}
+    finally:
+        sys.path.remove(tools)
+        sys.modules.pop("manifestfile", None)
+
+
+def fake_manifest(folder, module):
+    folder.mkdir(parents=True)
+    (folder / (module + ".py")).write_text("X = 1\n")
+    (folder / "manifest.py").write_text('module("%s.py")\n' % module)
+
+
+def library_targets():
+    return {"tlsguard/" + n for n in os.listdir(os.path.join(LIB, "tlsguard")) if n.endswith(".py")}
+
+
+def test_esp32_manifest_freezes_the_port_default_and_the_library(tmp_path):
+    """make BOARD=ESP32_GENERIC FROZEN_MANIFEST=.../manifest.py: the port's boards/manifest.py too."""
+    port = tmp_path / "esp32"
+    fake_manifest(port / "boards", "port_default")
+    got = frozen_by(os.path.join(ROOT, "manifest.py"), tmp_path, PORT_DIR=str(port))
+    assert set(got) == library_targets() | {"port_default.py"}
+    assert got["tlsguard/context.py"] == os.path.join(LIB, "tlsguard", "context.py")
+
+
+def test_readme_rp2_manifest(tmp_path):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    block = readme.split("```python\n# my_manifest.py\n", 1)[1].split("```", 1)[0]
+    mine = tmp_path / "my_manifest.py"
+    mine.write_text(block.replace("/path/to/tlsguard/manifest.py", os.path.join(ROOT, "manifest.py")))
+    board, port = tmp_path / "RPI_PICO_W", tmp_path / "rp2"
+    fake_manifest(board, "networking_bundle")
+    fake_manifest(port / "boards", "port_default")
+    got = frozen_by(mine, tmp_path, BOARD_DIR=str(board), PORT_DIR=str(port))
+    assert set(got) == library_targets() | {"networking_bundle.py"}
