@@ -49,6 +49,10 @@ class MPResult:
 # @pytest.mark.builds(...) names a test's own. Each process gets a board-sized heap unless a test
 # asks for another: fw32 the ~100 KB an ESP32 gives Python less the firmware's own use, pypi twice
 # that (its objects are twice the size).
+# Packages pip-installed for the device tests (tools/setup.sh): a board gets them as .mpy (mip,
+# mpy-cross); compiling a 37 KB source on the device would not fit its heap. Frozen builds get
+# them compiled by the firmware's own mpy-cross.
+MPYLIB = os.path.join(ROOT, ".venv", "mpylib")
 BUILDS = [b for b in os.environ.get("TLSGUARD_BUILDS", "pypi,fw32").split(",") if b]
 HEAP = {"pypi": "192k", "fw32": "96k", "fw32-rp2": "160k"}
 FIRMWARE_VARIANT = {"fw32": "esp32", "fw32-rp2": "rp2"}
@@ -59,20 +63,21 @@ class MicroPython:
     or a 32-bit firmware with tlsguard frozen (lib/ is kept off its path, so the frozen code is what
     runs). Scripts call `emit(obj)` to hand a JSON value back."""
 
-    def __init__(self, cwd, build="pypi", exe=MICROPYTHON):
+    def __init__(self, cwd, build="pypi", exe=MICROPYTHON, compiled=None):
         self.cwd = str(cwd)
         self.build = build
         self.exe = exe
         self.frozen = build != "pypi"
         self.heapsize = HEAP[build]
+        self.compiled = compiled or {}  # source folder -> its .mpy build for this firmware
 
     def env(self, extra=None):
         env = dict(os.environ)
         env["MICROPYPATH"] = ".frozen:" + LIB
         env.update(extra or {})
         if self.frozen:
-            env["MICROPYPATH"] = ":".join(p for p in env["MICROPYPATH"].split(":")
-                                          if os.path.abspath(p) != LIB)
+            env["MICROPYPATH"] = ":".join(self.compiled.get(os.path.abspath(p), p)
+                                          for p in env["MICROPYPATH"].split(":") if os.path.abspath(p) != LIB)
         return env
 
     def argv(self, heapsize=None):
@@ -93,30 +98,49 @@ class MicroPython:
         return r.value
 
 
-def firmware_path(build):
-    """The firmware of a frozen build, built once per cache key (tools/unixfw.py locks and caches)."""
+def _unixfw():
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     try:
         import unixfw
     finally:
         sys.path.pop(0)
+    return unixfw
+
+
+def firmware_path(build):
+    """The firmware of a frozen build, built once per cache key (tools/unixfw.py locks and caches)."""
+    unixfw = _unixfw()
     try:
         return unixfw.build(FIRMWARE_VARIANT[build])
     except unixfw.BuildError as e:
         pytest.fail("cannot build the %s test firmware: %s" % (build, e), pytrace=False)
 
 
+def compile_folder(src, out):
+    """Every .py of `src` compiled to `out` by the test firmware's mpy-cross."""
+    cross = _unixfw().mpy_cross()
+    os.makedirs(out, exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        if name.endswith(".py"):
+            subprocess.run([cross, "-o", os.path.join(out, name[:-3] + ".mpy"), "-s", name,
+                            os.path.join(src, name)], check=True)
+    return out
+
+
 @pytest.fixture(scope="session")
-def firmwares():
-    """build name -> micropython path; frozen builds are built on first use in the session."""
-    paths = {"pypi": MICROPYTHON}
+def firmwares(tmp_path_factory):
+    """build name -> (micropython path, {source folder: .mpy folder}); frozen builds are built
+    on first use in the session."""
+    builds = {"pypi": (MICROPYTHON, {})}
 
     def get(build):
-        if build not in paths:
-            paths[build] = firmware_path(build)
-        return paths[build]
+        if build not in builds:
+            compiled = {}
+            if os.path.isdir(MPYLIB):
+                compiled[MPYLIB] = compile_folder(MPYLIB, str(tmp_path_factory.mktemp("mpylib-" + build)))
+            builds[build] = (firmware_path(build), compiled)
+        return builds[build]
     return get
-
 
 def pytest_generate_tests(metafunc):
     if "mpy_build" in metafunc.fixturenames:
@@ -127,7 +151,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture
 def mpy(tmp_path, firmwares, mpy_build):
-    return MicroPython(tmp_path, mpy_build, firmwares(mpy_build))
+    return MicroPython(tmp_path, mpy_build, *firmwares(mpy_build))
 
 
 @pytest.fixture(scope="session")

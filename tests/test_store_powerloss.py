@@ -194,7 +194,7 @@ def device(mpy, work, mode, action, kill=-1):
 
 def baseline(mpy, inputs, mode, action):
     """A medium holding set 1 and, for action "trial", set 2 on trial (the writer then died)."""
-    work = inputs / ("%s-%s" % (mode, action))
+    work = inputs / ("%s-%s-%s" % (mpy.build, mode, action))
     work.mkdir()
     for name in os.listdir(inputs):
         if name.startswith("v"):
@@ -226,7 +226,7 @@ def sweep(mpy, inputs, mode, action):
     one of the complete sets the uninterrupted run passed through. Returns (kill points,
     outcomes by version, the sets)."""
     base, old = baseline(mpy, inputs, mode, action)
-    full_dir = inputs / ("%s-%s-full" % (mode, action))
+    full_dir = inputs / ("%s-%s-%s-full" % (mpy.build, mode, action))
     full_dir.mkdir()
     copy_medium(base, full_dir, mode)
     full = device(mpy, full_dir, mode, "update" if action == "update" else "check")
@@ -235,7 +235,7 @@ def sweep(mpy, inputs, mode, action):
     assert points >= 5, full
 
     def one(k):
-        d = inputs / ("%s-%s-%d" % (mode, action, k))
+        d = inputs / ("%s-%s-%s-%d" % (mpy.build, mode, action, k))
         d.mkdir()
         copy_medium(base, d, mode)
         assert device(mpy, d, mode, action if action == "update" else "check", kill=k) is None

@@ -25,8 +25,10 @@ def attempt(servers, **kw):
     except tlsguard.TLSError as e:
         off = 0
         out = {"ok": False, "kind": e.kind, "msg": str(e), "hint": e.hint, "reasons": e.reasons}
-    # Under libfaketime the ticks move with the clock step: take the step back out.
-    out["ms"] = time.ticks_diff(time.ticks_ms(), t0) - int(off * 1000)
+    # Under libfaketime the ticks move with the clock step: take the step back out, modulo the
+    # ticks period (2**30 ms on a 32-bit build, where a 26-year step wraps).
+    period = time.ticks_add(0, -1) + 1
+    out["ms"] = time.ticks_diff(time.ticks_add(time.ticks_ms(), -(int(off * 1000) % period)), t0)
     out["before"] = before / 1e6
     out["after"] = clock.now_us() / 1e6
     return out

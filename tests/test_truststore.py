@@ -59,7 +59,8 @@ for h in %r:
     out.append([binascii.hexlify(d).decode() for d in found])
 emit({"count": len(store), "found": out})
 """ % (COMMITTED, [s.hex() for s in subjects])
-    r = mpy.value(code, timeout=120)
+    # The script keeps every anchor to compare them here; a device looks up one at a time.
+    r = mpy.value(code, timeout=120, heapsize="2m")
     assert r["count"] == len(subjects)
     by_subject = {}
     for c in mozilla:

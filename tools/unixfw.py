@@ -192,6 +192,11 @@ def source_tree(src=None):
     return _prepare_tree(*_source(src))
 
 
+def mpy_cross(src=None):
+    """The source tree's mpy-cross: .mpy files of the version the test firmware imports."""
+    return os.path.join(source_tree(src), "mpy-cross", "build", "mpy-cross")
+
+
 def _plan(variant, src, root):
     """Source identity, tree, variant name and directory, and manifest path variables (the
     variant directory is written into the tree on first use)."""

@@ -6,9 +6,7 @@ import socket
 
 from tlsguard import platform
 from tlsguard.errors import TLSError
-from tlsguard.handshake import Handshake
 from tlsguard.pins import Pins
-from tlsguard.tlssocket import TLSSocket, _close
 from tlsguard.x509 import Certificate
 
 tls = platform.tls
@@ -163,6 +161,9 @@ class SecureContext:
         return None
 
     def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None):
+        # Connection code loads with the first connection: a context made at boot holds less heap.
+        from tlsguard.handshake import Handshake
+        from tlsguard.tlssocket import TLSSocket, _close
         if server_side:
             raise ValueError("SecureContext is client-side only")
         if self.clock:
@@ -222,6 +223,7 @@ class SecureContext:
 
 
 def _tcp(host, port, ai, timeout):
+    from tlsguard.tlssocket import _close
     sock = socket.socket(ai[0], socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)

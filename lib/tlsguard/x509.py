@@ -3,11 +3,21 @@ subject, issuer, serial, not_valid_before/after (seconds since 1970), spki, dns_
 ip_addresses, is_ca. Raw DER of names and key is kept for matching and pinning."""
 from tlsguard import der
 
-_NAMES = {
-    "2.5.4.3": "CN", "2.5.4.6": "C", "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.10": "O",
-    "2.5.4.11": "OU", "2.5.4.5": "serialNumber", "2.5.4.97": "organizationIdentifier",
-    "1.2.840.113549.1.9.1": "emailAddress", "0.9.2342.19200300.100.1.25": "DC",
-}
+# OID, name pairs: a constant tuple takes no heap when frozen (a dict would be built at import).
+_NAMES = (
+    "2.5.4.3", "CN", "2.5.4.6", "C", "2.5.4.7", "L", "2.5.4.8", "ST", "2.5.4.10", "O",
+    "2.5.4.11", "OU", "2.5.4.5", "serialNumber", "2.5.4.97", "organizationIdentifier",
+    "1.2.840.113549.1.9.1", "emailAddress", "0.9.2342.19200300.100.1.25", "DC",
+)
+
+
+def _attr_name(oid):
+    for i in range(0, len(_NAMES), 2):
+        if _NAMES[i] == oid:
+            return _NAMES[i + 1]
+    return oid
+
+
 _SAN = b"\x55\x1d\x11"
 _BASIC = b"\x55\x1d\x13"
 
@@ -106,7 +116,7 @@ def name_str(buf, start, stop):
             if ve != e2:
                 raise ValueError("X.509: trailing bytes in attribute at offset %d" % s2)
             key = der.oid(buf, os_, oe)
-            parts.append(_NAMES.get(key, key) + "=" + _escape(_text(buf, vt, vs, ve)))
+            parts.append(_attr_name(key) + "=" + _escape(_text(buf, vt, vs, ve)))
         rdns.append("+".join(parts))
     rdns.reverse()
     return ",".join(rdns)
