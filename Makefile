@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench mpy flash image clean
+.PHONY: setup demo test bench mpy firmware flash image clean
 
 setup:
 	@bash tools/setup.sh
@@ -18,6 +18,10 @@ bench: setup
 
 mpy: setup
 	$(PY) -m tlsguard_host.cli mpy
+
+# The 32-bit unix-port test firmwares with tlsguard frozen (tests build them on first use too).
+firmware: setup
+	$(PY) tools/unixfw.py esp32 rp2
 
 # make flash PORT=/dev/ttyUSB0 DEVICE=sensor-1 [MPY=1] [FLASH_ARGS="--pin host=sha256/..."]
 flash: setup

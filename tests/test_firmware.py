@@ -6,9 +6,13 @@ import shutil
 import sys
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+import ntp_servers
 import pki
 from conftest import LIB, ROOT, pyrepr
+from mqtt_broker import broker, broker_pki, fleet, read, subscriber  # noqa: F401 (fixtures)
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import unixfw  # noqa: E402
@@ -160,3 +164,36 @@ def test_readme_rp2_manifest(tmp_path):
     fake_manifest(port / "boards", "port_default")
     got = frozen_by(mine, tmp_path, BOARD_DIR=str(board), PORT_DIR=str(port))
     assert set(got) == library_targets() | {"networking_bundle.py"}
+
+
+@pytest.fixture
+def chrony(tmp_path):
+    c = ntp_servers.Chrony(tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.mark.builds("fw32")
+def test_whole_flow_fits_an_esp32_budget(mpy, tmp_path, chrony, broker, broker_pki, fleet, subscriber):
+    """From a clock at 2000-01-01: NTP, mutual TLS with pins, and a publish with micropython-lib's
+    umqtt.simple (frozen, as the ESP32 firmware freezes it), in 24 KB of 32-bit heap (`make bench`
+    measures the smallest)."""
+    root, inter, _ = broker_pki
+    sub = subscriber("devices/sensor-1/telemetry")
+    der = lambda pem: pki.der(x509.load_pem_x509_certificate(pem))  # noqa: E731
+    key = serialization.load_pem_private_key(read(fleet.device[1]), None)
+    r = mpy.run("""
+import tlsguard
+from umqtt.simple import MQTTClient
+tlsguard.sync_time(servers=(("127.0.0.1", %d),), timeout=3.0)
+ctx = tlsguard.SecureContext(cadata=%s, pins={"localhost": [%r, %r]}, identity=(%s, %s))
+c = MQTTClient("sensor-1", "localhost", port=%d, ssl=ctx)
+c.connect()
+c.publish(b"devices/sensor-1/telemetry", b"21.5")
+c.disconnect()
+emit("ok")
+""" % (chrony.port, pyrepr(root.der), pki.spki_pin(inter.cert), pki.spki_pin(pki.CA("spare").cert),
+       pyrepr(der(read(fleet.device[0]))), pyrepr(pki.key_der(key)), broker.port),
+        heapsize="24k", env=ntp_servers.faketime_env(tmp_path))
+    assert r.returncode == 0 and r.value == "ok", r.output
+    assert sub.wait_for(1, 20) and sub.messages[0] == ("devices/sensor-1/telemetry", b"21.5")
