@@ -19,7 +19,7 @@ test: setup
 test-stress: setup
 	bash tools/stress.sh -n $(JOBS) $(TEST_ARGS)
 
-# The suite in a random order (pytest-randomly prints the seed; TEST_ARGS="-p randomly -p 'randomly' ..." to replay).
+# The suite in a random order (pytest-randomly prints the seed; TEST_ARGS=--randomly-seed=N replays it).
 test-random: setup
 	$(PY) -m pytest -q -n $(JOBS) $(TEST_ARGS) tests
 
