@@ -21,7 +21,7 @@ test-stress: setup
 
 # The suite in a random order (pytest-randomly prints the seed; TEST_ARGS=--randomly-seed=N replays it).
 test-random: setup
-	$(PY) -m pytest -q -n $(JOBS) $(TEST_ARGS) tests
+	$(PY) -m pytest -n $(JOBS) $(TEST_ARGS) tests
 
 bench: setup
 	$(PY) tools/bench.py
