@@ -11,4 +11,5 @@ options.defaults(port="$(PORT_DIR)/boards/manifest.py")
 if options.port:
     include(options.port)
 
-package("tlsguard", base_path="lib", opt=3)
+# Default optimisation: tracebacks keep their line numbers (they live in flash, not in the heap).
+package("tlsguard", base_path="lib")
