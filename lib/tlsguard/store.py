@@ -506,12 +506,18 @@ class CredentialStore:
         """A connection with the active set was accepted by its server: confirms a trial."""
         return self.confirm()
 
-    def handshake_failed(self):
-        """A connection with the active set failed; a trial set that fails max_failures times is
-        rolled back. Returns True when that happened."""
-        if not self._trial:
+    def handshake_failed(self, evidence):
+        """A server refused the active set: `evidence` says how we know it was the server and not
+        someone on the network (SecureContext calls this only when the server proved itself under
+        the set on trial before refusing our client certificate). Counted only against a trial
+        set that changed the client identity: the set's other items cannot make a server refuse
+        us. A trial set that fails max_failures times is rolled back. True when that happened."""
+        if not self._trial or len(self._sets) < 2:
+            return False
+        if self._sets[0]["files"].get("crt") == self._sets[1]["files"].get("crt"):
             return False
         self._failures += 1
+        self._note("version %d refused (%d of %d): %s" % (self.version, self._failures, self.max_failures, evidence))
         if self._failures < self.max_failures:
             return False
         self.rollback("%d failed handshakes on trial" % self._failures)
