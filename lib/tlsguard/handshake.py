@@ -87,11 +87,15 @@ class Handshake:
         return 0
 
     def refused_us(self, exc):
-        """True when the server refused this device after the server proved itself: every
-        check passed, mbedTLS went on (under CERT_REQUIRED it stops at a chain that does not
-        verify; in pin_only mode without anchors the pinned leaf key signs the key exchange),
-        and then a fatal alert came while we presented our client certificate."""
-        return self.identity and self.accepted and is_alert(exc)
+        """True when the server ended the handshake after it proved itself, i.e. while we
+        presented our client certificate: every check of ours passed and mbedTLS went on (under
+        CERT_REQUIRED it stops at a chain that does not verify; without anchors only a pinned
+        leaf passes, whose key then signs the key exchange). TLS 1.2 authenticates neither the
+        alert nor the reset that ends it: see SECURITY.md for what this leaves an attacker."""
+        if not (self.identity and self.accepted and isinstance(exc, OSError) and exc.args):
+            return False
+        from tlsguard.diagnose import _PEER_ENDED
+        return exc.args[0] in _PEER_ENDED
 
     def _pin_error(self):
         from tlsguard.pins import PREFIX
