@@ -247,7 +247,7 @@ class SecureContext:
 
 def _host(name, mode):
     """(normalised host, packed IP or None); ValueError for a missing or malformed name."""
-    if not name:
+    if name is None:
         if mode == "insecure":
             return name, None
         raise ValueError("server_hostname is required: it is what the certificate is checked against")

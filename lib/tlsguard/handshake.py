@@ -62,8 +62,8 @@ class Handshake:
         if not self.pin_ok:
             if self.pin_ca is not None:
                 from tlsguard.x509 import Certificate
-                self.failure = TLSError("untrusted_root", "the chain holds the pinned CA '%s': the next "
-                                        "connection verifies the chain up to it"
+                self.failure = TLSError("untrusted_root", "the chain holds the pinned certificate '%s' "
+                                        "above the leaf: the next connection verifies the chain up to it"
                                         % Certificate(self.pin_ca).subject, self.host, None,
                                         "Connect again (tlsguard.connect does it by itself).")
                 self.failure.retry = True

@@ -40,12 +40,12 @@ class PinnedCAs:
         from tlsguard.errors import TLSError
         subject = Certificate(hs.anchors[0]).subject
         if hs.learned:
-            return TLSError("pin_mismatch", "the chain presents the pinned CA '%s', but its leaf is not "
-                            "signed by that CA's key (a forged chain naming a certificate the attacker "
-                            "does not hold)" % subject, host)
+            return TLSError("pin_mismatch", "the chain presents the pinned certificate '%s', but its leaf "
+                            "is not signed by that certificate's key (a forged chain: anyone can copy a "
+                            "public certificate)" % subject, host)
         # Known before: the server may have moved; the next connection looks at its chain afresh.
-        err = TLSError("untrusted_root", "the chain no longer verifies up to the pinned CA '%s' that "
-                       "verified it before: the next connection looks at the chain afresh" % subject, host,
+        err = TLSError("untrusted_root", "the chain no longer verifies up to the pinned certificate '%s' "
+                       "that verified it before: the next connection looks at the chain afresh" % subject, host,
                        None, "Connect again (tlsguard.connect does it by itself).")
         err.retry = True
         return err
