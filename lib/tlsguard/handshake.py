@@ -1,5 +1,6 @@
 """Handshake: what the verify callback sees and decides during one handshake (chain, pins, the
 leaf's names)."""
+from tlsguard import hostname
 from tlsguard.errors import TLSError
 from tlsguard.pins import spki_digest
 from tlsguard.x509 import subject_spki
@@ -77,7 +78,6 @@ class Handshake:
         # The name check is ours (RFC 6125), made before any application data can flow. In
         # pin_only mode a pinned leaf key is the server's identity; a CA pin vouches for names.
         if self.mode == "verify" or self.anchors:
-            from tlsguard import hostname
             why = hostname.check(raw, self.host, self.ip, self.cn_fallback)
             if why:
                 self.failure = TLSError("hostname_mismatch", "the certificate is not valid for '%s': %s"
