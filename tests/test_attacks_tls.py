@@ -108,6 +108,70 @@ class Resetter:
         self.sock.close()
 
 
+class AlertRelay:
+    """An on-path attacker between the device and the genuine server: it relays the handshake
+    and, the moment the device presents its client certificate (TLS 1.2 sends it in clear),
+    answers with a forged fatal alert (bad_certificate) and cuts both sides."""
+
+    ALERT = b"\x15\x03\x03\x00\x02\x02\x2a"
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.forged = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+    def _relay(self, client):
+        server = socket.create_connection(("127.0.0.1", self.upstream_port), 10)
+        client.settimeout(10)
+        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+        buf = b""
+        try:
+            while True:
+                data = client.recv(4096)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[3:5], "big"):
+                    n = 5 + int.from_bytes(buf[3:5], "big")
+                    record, buf = buf[:n], buf[n:]
+                    if record[0] == 22 and record[5] == 11:  # handshake: Certificate
+                        self.forged += 1
+                        client.sendall(self.ALERT)
+                        return
+                    server.sendall(record)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            server.close()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(4096)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
 @pytest.fixture
 def peers(tmp_path):
     """peers(issued, **kw) starts an Attacker (or a genuine server: same code) serving issued's
@@ -123,6 +187,11 @@ def peers(tmp_path):
 
         def resetter(self):
             r = Resetter()
+            started.append(r)
+            return r
+
+        def relay(self, upstream):
+            r = AlertRelay(upstream.port)
             started.append(r)
             return r
 
@@ -293,6 +362,57 @@ emit(out)
     assert intercept.received == [] and stranger.received == [] and cutter.received == []
     assert intercept.connections == 4 and cutter.handshakes == 4 and resetter.connections == 4
     assert genuine.client_certs == [new_id.der] and genuine.got_secret
+
+
+TRIAL = """
+from tlsguard.store import CredentialStore
+st = CredentialStore("certs", max_failures=3)
+st.stage(version=1, identity=(%s, %s), roots=[%s])
+st.activate()
+st.stage(version=2, identity=%s, roots=[%s])
+st.activate()
+ctx = tlsguard.SecureContext(store=st)
+out = [conn(ctx, %d) for i in range(4)]
+emit({"out": out, "state": [st.version, st.trial], "genuine": conn(ctx, %d), "after": [st.version, st.trial]})
+"""
+
+
+def test_forged_refusal_cannot_roll_back_a_set_that_kept_the_identity(mpy, peers, tmp_path):
+    """TLS 1.2 sends the refusal of a client certificate in clear: a relay can forge it. A trial
+    set that did not change the identity (here: it only swapped roots) cannot be what the server
+    refuses, so such refusals never count against it."""
+    root, leaked = pki.CA("server root"), pki.CA("leaked root")
+    client_ca = pki.CA("device CA")
+    cas = tmp_path / "clients.pem"
+    cas.write_bytes(client_ca.pem)
+    ident = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
+    genuine = peers(root.issue(), client_ca=str(cas))
+    relay = peers.relay(genuine)
+    r = mpy.value(DEVICE + TRIAL % (pyrepr(ident.der), pyrepr(ident.key_der), pyrepr(leaked.der), "None",
+                                    pyrepr(root.der), relay.port, genuine.port))
+    for x in r["out"]:
+        refused(x, "handshake_failed", "refused this device's client certificate")
+    assert relay.forged == 4
+    assert r["state"] == [2, True] and r["genuine"]["ok"] and r["after"] == [2, False]
+
+
+def test_forged_refusal_of_a_new_identity_is_the_tls12_limit(mpy, peers, tmp_path):
+    """The documented limit (SECURITY.md, "Credential trial and rollback"): a refusal of a *new*
+    identity is counted, and TLS 1.2 does not authenticate it, so a relay that forges it three
+    times rolls the set back. Only the anti-rollback floor protects a security fix from this."""
+    root = pki.CA("server root")
+    client_ca = pki.CA("device CA")
+    cas = tmp_path / "clients.pem"
+    cas.write_bytes(client_ca.pem)
+    old, new = (client_ca.issue(("device-1",), cn="device-1", client=True, server=False) for _ in range(2))
+    genuine = peers(root.issue(), client_ca=str(cas))
+    relay = peers.relay(genuine)
+    r = mpy.value(DEVICE + TRIAL % (pyrepr(old.der), pyrepr(old.key_der), pyrepr(root.der),
+                                    "(%s, %s)" % (pyrepr(new.der), pyrepr(new.key_der)), pyrepr(root.der),
+                                    relay.port, genuine.port))
+    assert [x["kind"] for x in r["out"]] == ["handshake_failed"] * 4
+    assert r["state"] == [1, False] and relay.forged == 4  # rolled back at the third
+    assert r["genuine"]["ok"] and genuine.client_certs == [old.der]
 
 
 # ---- 5. one hostname, checked one way ----------------------------------------------------
