@@ -167,19 +167,23 @@ seen = []
 st.on_change = lambda s: seen.append(s.version)
 st.stage(version=2, pins={})
 st.activate()
-# A set that kept the identity cannot be what a server refuses: never counted.
+# A set that kept the identity cannot be what a server refuses; one that also changed whom the
+# device trusts is never rolled back on an unauthenticated refusal: neither counts.
 kept = [st.handshake_failed("refused") for i in range(3)]
-st.stage(version=3, identity=%s)
+st.stage(version=3, identity=%s, pins={"x.example": ["sha256/%s="] * 2})
+st.activate()
+kept += [st.handshake_failed("refused") for i in range(3)]
+st.stage(version=4, identity=%s)
 st.activate()
 out = [st.handshake_failed("refused") for i in range(3)]
 emit({"kept": kept, "out": out, "seen": seen, "gen": st.generation, "s": summary(st)})
-""" % identity_expr(renewed))
-    assert r["kept"] == [False, False, False]
+""" % (identity_expr(renewed), "A" * 43, identity_expr(renewed)))
+    assert r["kept"] == [False] * 6
     assert r["out"] == [False, False, True]
-    assert r["s"]["report"][-2] == "version 3 refused (3 of 3): refused"
-    assert r["seen"] == [2, 3, 2] and r["gen"] == 3
-    assert r["s"]["version"] == 2 and r["s"]["status"] == "rolled_back"
-    assert r["s"]["report"][-1] == "version 3 rolled back to version 2: 3 failed handshakes on trial"
+    assert r["s"]["report"][-2] == "version 4 refused (3 of 3): refused"
+    assert r["seen"] == [2, 3, 4, 3] and r["gen"] == 4
+    assert r["s"]["version"] == 3 and r["s"]["status"] == "rolled_back"
+    assert r["s"]["report"][-1] == "version 4 rolled back to version 3: 3 failed handshakes on trial"
 
 
 def test_boot_falls_back_when_a_file_does_not_match(mpy, device, root_ca):

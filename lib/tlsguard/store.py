@@ -509,12 +509,15 @@ class CredentialStore:
     def handshake_failed(self, evidence):
         """A server refused the active set: `evidence` says how we know it was the server and not
         someone on the network (SecureContext calls this only when the server proved itself under
-        the set on trial before refusing our client certificate). Counted only against a trial
-        set that changed the client identity: the set's other items cannot make a server refuse
-        us. A trial set that fails max_failures times is rolled back. True when that happened."""
+        the set on trial before refusing our client certificate). TLS 1.2 does not authenticate
+        a refusal, so it counts only against a trial set that changed the client identity and
+        nothing else: the other items cannot make a server refuse us, and rolling back a change
+        of whom the device trusts (roots, pins, bundle) must never be in an attacker's hands.
+        A trial set that fails max_failures times is rolled back. True when that happened."""
         if not self._trial or len(self._sets) < 2:
             return False
-        if self._sets[0]["files"].get("crt") == self._sets[1]["files"].get("crt"):
+        new, old = self._sets[0]["files"], self._sets[1]["files"]
+        if new.get("crt") == old.get("crt") or any(new.get(k) != old.get(k) for k in ("roots", "pins", "bundle")):
             return False
         self._failures += 1
         self._note("version %d refused (%d of %d): %s" % (self.version, self._failures, self.max_failures, evidence))
