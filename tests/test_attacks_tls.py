@@ -258,7 +258,8 @@ emit([conn(ctx, %d), conn(ctx, %d), conn(ctx, %d)])
 def test_pin_only_ca_pin_verifies_up_to_the_pinned_ca(mpy, peers):
     root = pki.CA("private root")
     inter = root.intermediate("private intermediate")
-    genuine = peers(inter.issue())
+    genuine_leaf = inter.issue()
+    genuine = peers(genuine_leaf)
     attacker = peers(forged(inter))
     # A certificate the same CA issued to another name (the attacker's own device, say).
     other = peers(inter.issue(("other.example",)))
@@ -270,9 +271,14 @@ out.append(conn(ctx, %d))
 out.append(ctx.handshakes - first)
 fresh = tlsguard.SecureContext(mode="pin_only", pins=%s)
 out += [conn(ctx, %d), conn(ctx, %d), conn(fresh, %d), conn(fresh, %d)]
+# Kept on flash: a context after a restart verifies in one handshake; a CA the pins no longer
+# name is not used.
+for p in (%s, %s, %s):
+    c = tlsguard.SecureContext(mode="pin_only", pins=p, anchor_cache="cas.bin")
+    out.append([conn(c, %d), c.handshakes])
 emit(out)
 """ % (pins(inter), genuine.port, genuine.port, pins(inter), attacker.port, attacker.port,
-       attacker.port, other.port))
+       attacker.port, other.port, pins(inter), pins(inter), pins(genuine_leaf), genuine.port))
     ok = {"ok": True, "line": "echo:%s\n" % SECRET.decode()}
     assert r[0] == ok and r[1] == ok
     assert r[2] == 1  # the verified CA is remembered: one handshake
@@ -285,6 +291,8 @@ emit(out)
     refused(r[5], "pin_mismatch", forgery)
     refused(r[6], "hostname_mismatch", "the certificate is not valid for 'localhost': it names "
             "DNS:other.example, not 'localhost'")
+    assert [x[1] for x in r[7:]] == [2, 1, 1]  # the last: a leaf pin, no CA needed
+    assert all(x[0] == ok for x in r[7:])
     assert not attacker.got_secret and attacker.received == [] and attacker.connections >= 4
     assert other.received == [] and other.connections == 2
 

@@ -45,7 +45,8 @@ class SecureContext:
     bundle's path + ".hosts"). First contact with a host costs two handshakes: one that shows
     the chain, one verified with the anchors it needs. connect() does both; a bare wrap_socket()
     cannot reconnect, so it raises TLSError("untrusted_root") with `retry` True and the next
-    connection verifies.
+    connection verifies. pin_only mode takes the same two steps for a pin above the leaf, and
+    keeps the pinned CAs that verified in anchor_cache when one is given.
     time_servers: NTP servers ("host" or (host, port)) to sync from before a handshake when the
     clock is below tlsguard.clock_floor(trust); resync (s), floor_fallback and time_options
     (TimeSync keywords: timeout, attempts, combine, ...) as timesync.ClockPolicy documents.
@@ -69,7 +70,7 @@ class SecureContext:
         self._pin_cas = None
         if mode == "pin_only":
             from tlsguard.pinca import PinnedCAs
-            self._pin_cas = PinnedCAs()
+            self._pin_cas = PinnedCAs(anchor_cache)
         # NTP-before-TLS (timesync.ClockPolicy); imported only when asked for, to spare RAM.
         self.clock = None
         if time_servers:

@@ -62,12 +62,8 @@ class Handshake:
     def _leaf(self, raw):
         if not self.pin_ok:
             if self.pin_ca is not None:
-                from tlsguard.x509 import Certificate
-                self.failure = TLSError("untrusted_root", "the chain holds the pinned certificate '%s' "
-                                        "above the leaf: the next connection verifies the chain up to it"
-                                        % Certificate(self.pin_ca).subject, self.host, None,
-                                        "Connect again (tlsguard.connect does it by itself).")
-                self.failure.retry = True
+                from tlsguard.pinca import PinnedCAs
+                self.failure = PinnedCAs.retry(self)
                 return _ABORT
             # A chain that did not reach an anchor fails verification anyway: leave it to
             # mbedTLS, so that first contact via the trust store (no root loaded yet) is

@@ -1,8 +1,8 @@
 """PinnedCAs: in pin_only mode, the pinned CA certificate each host's chain is verified up to.
 A pin above the leaf counts only once mbedTLS has verified the chain up to that certificate: the
 first handshake finds it in the chain, the next loads it as the only anchor (CERT_REQUIRED), and
-a CA that verified is remembered for the host (RAM, a few hosts) so later connections take one
-handshake. Loaded only by a pin_only SecureContext."""
+a CA that verified is remembered for the host (in RAM, and in the anchor cache file when one is
+given) so later connections take one handshake. Loaded only by a pin_only SecureContext."""
 from tlsguard.pins import spki_digest
 from tlsguard.x509 import Certificate, subject_spki
 
@@ -10,17 +10,28 @@ _MAX_HOSTS = 4
 
 
 class PinnedCAs:
-    def __init__(self):
+    """cache_path: where verified CAs are kept across restarts (AnchorCache records holding
+    the certificate itself); None keeps them in RAM only."""
+
+    def __init__(self, cache_path=None):
         self.known = {}  # host -> [CA DER, verified]
+        self.cache = None
+        if cache_path:
+            from tlsguard.anchorcache import AnchorCache
+            self.cache = AnchorCache(cache_path)
 
     def anchors_for(self, host, pinset):
         """([CA DER] or [], learned) for host: its CA, as long as the pins still name its key."""
         entry = self.known.get(host)
-        if entry is None:
+        if entry is None and self.cache is not None:
+            from tlsguard.anchorcache import spki_ref
+            for der, ref in self.cache.get(host) or ():
+                if spki_ref(subject_spki(der)[1]) == ref:
+                    entry = [bytes(der), True]
+        if entry is None or not pinset.matches(spki_digest(subject_spki(entry[0])[1])):
+            self.known.pop(host, None)
             return [], False
-        if not pinset.matches(spki_digest(subject_spki(entry[0])[1])):
-            del self.known[host]
-            return [], False
+        self.known[host] = entry
         return [entry[0]], not entry[1]
 
     def failed(self, hs, err):
@@ -33,8 +44,11 @@ class PinnedCAs:
             return err
         if not hs.anchors or err.kind in ("network", "clock_unset"):
             return err
-        # Verified up to the pinned CA failed: never trust it for this host on this evidence.
+        # The chain did not verify up to the pinned CA: never trust it for this host on this
+        # evidence.
         self.known.pop(host, None)
+        if self.cache is not None and not hs.learned:
+            self.cache.put(host, None)
         if err.kind != "untrusted_root":
             return err
         from tlsguard.errors import TLSError
@@ -53,3 +67,16 @@ class PinnedCAs:
     def verified(self, hs):
         if hs.anchors:
             self.known[hs.host] = [hs.anchors[0], True]
+            if self.cache is not None:
+                from tlsguard.anchorcache import spki_ref
+                self.cache.put(hs.host, [(hs.anchors[0], spki_ref(subject_spki(hs.anchors[0])[1]))])
+
+    @staticmethod
+    def retry(hs):
+        """The retryable error for a chain that holds a pinned certificate above its leaf."""
+        from tlsguard.errors import TLSError
+        err = TLSError("untrusted_root", "the chain holds the pinned certificate '%s' above the leaf: the "
+                       "next connection verifies the chain up to it" % Certificate(hs.pin_ca).subject,
+                       hs.host, None, "Connect again (tlsguard.connect does it by itself).")
+        err.retry = True
+        return err
