@@ -82,42 +82,11 @@ class Attacker(servers.PyTLSServer):
         return SECRET in b"".join(self.received)
 
 
-class Resetter:
-    """Accepts TCP connections and resets them at once (an on-path attacker's RST)."""
+class Listener:
+    """A TCP listener on 127.0.0.1 (port 0) handing each connection to self._accept."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.connections = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()
-
-    def close(self):
-        self.sock.close()
-
-
-class AlertRelay:
-    """An on-path attacker between the device and the genuine server: it relays the handshake
-    and, the moment the device presents its client certificate (TLS 1.2 sends it in clear),
-    answers with a forged fatal alert (bad_certificate) and cuts both sides."""
-
-    ALERT = b"\x15\x03\x03\x00\x02\x02\x2a"
-
-    def __init__(self, upstream_port):
-        self.upstream_port = upstream_port
-        self.forged = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -130,7 +99,35 @@ class AlertRelay:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+            self.connections += 1
+            self._accept(conn)
+
+    def close(self):
+        self.sock.close()
+
+
+class Resetter(Listener):
+    """Accepts TCP connections and resets them at once (an on-path attacker's RST)."""
+
+    def _accept(self, conn):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+
+class AlertRelay(Listener):
+    """An on-path attacker between the device and the genuine server: it relays the handshake
+    and, the moment the device presents its client certificate (TLS 1.2 sends it in clear),
+    answers with a forged fatal alert (bad_certificate) and cuts both sides."""
+
+    ALERT = b"\x15\x03\x03\x00\x02\x02\x2a"
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.forged = 0
+        super().__init__()
+
+    def _accept(self, conn):
+        threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
 
     def _relay(self, client):
         server = socket.create_connection(("127.0.0.1", self.upstream_port), 10)
@@ -167,9 +164,6 @@ class AlertRelay:
                 dst.sendall(data)
         except OSError:
             pass
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture

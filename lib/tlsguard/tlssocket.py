@@ -49,12 +49,13 @@ class TLSSocket(io.IOBase):
         try:
             r = fn(*args)
         except Exception as e:  # noqa: BLE001
-            if self._unproven and self._hs is None and is_alert(e):
+            store = self._context.store
+            if self._unproven and self._hs is None and is_alert(e) and self.generation == store.generation:
                 # With TLS 1.3 a server refuses a client certificate after the client's
                 # handshake is over: the first read fails with its alert, which the session
                 # keys authenticate. Resets and timeouts prove nothing: never counted.
                 self._unproven = False
-                self._context.store.handshake_failed("the server sent a fatal alert after a verified handshake")
+                store.handshake_failed("the server sent a fatal alert after a verified handshake")
             self._fail(e)
         if self._hs is not None and r is not None:
             self._handshake_done()
