@@ -25,8 +25,10 @@ def ntp_stamp(t):
 
 
 def faketime_lib():
-    """Path of libfaketime.so.1, asked from dpkg rather than assumed."""
-    for pkg in ("libfaketime", "faketime"):
+    """Path of libfaketime.so.1, asked from dpkg rather than assumed (the native architecture's:
+    a 32-bit build's libfaketime:i386 may be installed too)."""
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    for pkg in ("libfaketime:" + arch, "libfaketime", "faketime"):
         r = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True)
         for line in r.stdout.splitlines():
             if line.endswith("/libfaketime.so.1"):
