@@ -212,11 +212,12 @@ class SecureContext:
         return tsock
 
     def _failed(self, exc, hs):
-        """The diagnosis of a failed handshake. It counts against a credential set on trial
-        only on evidence a network attacker cannot make up on his own: the server proved itself
-        under the set on trial and then refused our client certificate. A chain the set refuses
-        never counts, whatever an older set would say of it: an attacker holding a key an update
-        revoked presents exactly such a chain."""
+        """The diagnosis of a failed handshake. It is reported to a credential set on trial
+        only when the server proved itself under that set and then ended the handshake while we
+        presented our client certificate (the store decides what such a refusal, which TLS 1.2
+        does not authenticate, may roll back). A chain the set refuses never counts, whatever
+        an older set would say of it: an attacker holding a key an update revoked presents
+        exactly such a chain."""
         err = self._diagnose(exc, hs)
         if self._pin_cas is not None:
             err = self._pin_cas.failed(hs, err)
