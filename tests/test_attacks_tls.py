@@ -351,6 +351,8 @@ emit(out)
     for x in r["intercept"]:
         refused(x, "untrusted_root", "no trusted root for issuer 'CN=leaked old root,O=tlsguard tests'")
         assert "credential set version 2 is on trial: a refused server chain never rolls it back" in x["msg"]
+        assert ("its issuer 'CN=leaked old root,O=tlsguard tests' is a root of version 1 that this set "
+                "no longer holds") in x["msg"]
     for x in r["stranger"]:
         refused(x, "untrusted_root", "self-signed certificate 'CN=localhost,O=tlsguard tests' is not trusted")
     for x in r["cutter"]:

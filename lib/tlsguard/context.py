@@ -223,12 +223,8 @@ class SecureContext:
             err = self._pin_cas.failed(hs, err)
         store = self.store
         if store is not None and store.trial and self._store_gen == store.generation:
-            if hs.refused_us(exc):
-                store.handshake_failed(err.detail)
-            elif err.kind in ("untrusted_root", "pin_mismatch") and not getattr(err, "retry", False):
-                err.detail += ("; credential set version %d is on trial: a refused server chain never "
-                               "rolls it back (an attacker holding a key the update revoked would "
-                               "present one)" % store.version)
+            from tlsguard import trial
+            trial.failed(store, hs, exc, err)
         return err
 
     def _diagnose(self, exc, hs):

@@ -8,13 +8,6 @@ from tlsguard.x509 import subject_spki
 # MBEDTLS_ERR_X509_FATAL_ERROR: unlike a verify failure, CERT_OPTIONAL does not swallow it, so a
 # pin veto ends the handshake in every mode.
 _ABORT = -0x3000
-# MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE: the peer sent a fatal alert.
-FATAL_ALERT = -0x7780
-
-
-def is_alert(exc):
-    """True for mbedTLS's "the peer sent a fatal alert"."""
-    return isinstance(exc, OSError) and bool(exc.args) and exc.args[0] == FATAL_ALERT
 
 
 class Handshake:
@@ -81,17 +74,6 @@ class Handshake:
                 return _ABORT
         self.accepted = True
         return 0
-
-    def refused_us(self, exc):
-        """True when the server ended the handshake after it proved itself, i.e. while we
-        presented our client certificate: every check of ours passed and mbedTLS went on (under
-        CERT_REQUIRED it stops at a chain that does not verify; without anchors only a pinned
-        leaf passes, whose key then signs the key exchange). TLS 1.2 authenticates neither the
-        alert nor the reset that ends it: see SECURITY.md for what this leaves an attacker."""
-        if not (self.identity and self.accepted and isinstance(exc, OSError) and exc.args):
-            return False
-        from tlsguard.diagnose import _PEER_ENDED
-        return exc.args[0] in _PEER_ENDED
 
     def _pin_error(self):
         from tlsguard.pins import PREFIX

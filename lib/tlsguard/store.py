@@ -346,6 +346,10 @@ class CredentialStore:
         """The active CredentialSet, or None when the store holds none."""
         return CredentialSet(self, self._sets[0], self._trial) if self._sets else None
 
+    def previous(self):
+        """The set a rollback would return to, or None."""
+        return CredentialSet(self, self._sets[1], False) if len(self._sets) > 1 else None
+
     def _put(self, version, kind, chunks, expect=None):
         name = "%d.%s" % (version, kind)
         sha, size = write_verified(_join(self.path, name), chunks)

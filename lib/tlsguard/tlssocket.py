@@ -4,7 +4,6 @@ import io
 import select
 
 from tlsguard.errors import TLSError
-from tlsguard.handshake import is_alert
 from tlsguard.x509 import Certificate
 
 _POLL = 3
@@ -49,13 +48,9 @@ class TLSSocket(io.IOBase):
         try:
             r = fn(*args)
         except Exception as e:  # noqa: BLE001
-            store = self._context.store
-            if self._unproven and self._hs is None and is_alert(e) and self.generation == store.generation:
-                # With TLS 1.3 a server refuses a client certificate after the client's
-                # handshake is over: the first read fails with its alert, which the session
-                # keys authenticate. Resets and timeouts prove nothing: never counted.
-                self._unproven = False
-                store.handshake_failed("the server sent a fatal alert after a verified handshake")
+            if self._unproven and self._hs is None:
+                from tlsguard import trial
+                trial.after_handshake(self, e)
             self._fail(e)
         if self._hs is not None and r is not None:
             self._handshake_done()
