@@ -559,3 +559,41 @@ emit([conn(ctx, %d), conn(ctx, %d)])
     assert [x["ok"] for x in r.value] == [True, True], r.value
     assert "tlsguard: warning: anchor cache no/such/dir/hosts not written" in r.stdout
     assert genuine.received == [(SECRET + b"\n")] * 2
+
+
+def test_every_form_of_a_name_reaches_one_normal_form(mpy):
+    cases = {
+        "API.Example.TEST.": ["api.example.test", None],
+        "127.0.0.1": ["127.0.0.1", "7f000001"],
+        "2001:DB8:0:0::1": ["2001:db8::1", "20010db8000000000000000000000001"],
+        "::ffff:192.0.2.1": ["::ffff:c000:201", "00000000000000000000ffffc0000201"],
+        "x" * 63 + ".example": ["x" * 63 + ".example", None],
+        "127.1": "all-numeric, but not a dotted-quad IPv4 address",
+        "010.0.0.1": "not a dotted-quad IPv4 address (octet '010')",
+        "256.0.0.1": "not a dotted-quad IPv4 address (octet '256')",
+        "x" * 64 + ".example": "has a label longer than 63 characters",
+        "-a.example": "label '-a' starts or ends with '-'",
+        "a*.example": "contains '*', which no host name may hold",
+        "h\u00e9llo.example": "contains non-ASCII '\\xe9': give its IDNA (xn--) form",
+        "[::1]": "give an IPv6 address without brackets",
+        "1:2:3:4:5:6:7:8:9": "not an IPv6 address (9 groups)",
+        "fe80::1%eth0": "not an IPv6 address (group '1%eth0')",
+        "a\tb": "contains control byte 0x09",
+    }
+    r = mpy.value("""
+import binascii
+from tlsguard import hostname
+out = {}
+for host in %r:
+    try:
+        name, ip = hostname.parse(host)
+        out[host] = [name, ip and binascii.hexlify(ip).decode()]
+    except ValueError as e:
+        out[host] = str(e)
+emit(out)
+""" % list(cases))
+    for host, want in cases.items():
+        if isinstance(want, str):
+            assert r[host] == "server_hostname %s: %s" % (ascii(host), want), (host, r[host])
+        else:
+            assert r[host] == want, (host, r[host])
