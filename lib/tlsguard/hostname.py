@@ -1,9 +1,7 @@
 """Server names: the one checked, normalised form of server_hostname (used for pins, the anchor
 cache, mbedTLS and the name check alike), and the RFC 6125 match of a leaf's names against it.
 Only the common path lives here; anything it declines goes to badhost, loaded on demand."""
-from tlsguard import der
-
-_SAN = b"\x55\x1d\x11"
+_SAN = b"\x06\x03\x55\x1d\x11"  # the OBJECT IDENTIFIER item of subjectAltName
 _NAME = "abcdefghijklmnopqrstuvwxyz0123456789-_."
 
 
@@ -48,42 +46,66 @@ def _dns_matches(pattern, host):
     return first != "" and tail == pattern[2:]
 
 
+def _start(d, p):
+    """Where the content of the DER item at p starts."""
+    b = d[p + 1]
+    return p + 2 + (b & 0x7F if b & 0x80 else 0)
+
+
+def _end(d, p):
+    """Where the DER item at p ends."""
+    b = d[p + 1]
+    if b < 0x80:
+        return p + 2 + b
+    q = p + 2
+    stop = q + (b & 0x7F)
+    n = 0
+    while q < stop:
+        n = (n << 8) | d[q]
+        q += 1
+    return stop + n
+
+
 def names(data):
     """(DNS names, packed IP addresses, has a SAN extension, subject span) of a certificate in
-    DER, reached by skipping to the subject and the extensions (no full parse: it runs in
-    every handshake)."""
-    end = len(data)
-    cs, ce = der.expect(data, 0, end, 0x30, "Certificate")
-    ts, te = der.expect(data, cs, ce, 0x30, "TBSCertificate")
-    pos = ts
-    if data[pos] == 0xA0:
-        pos = der.item(data, pos, te)[2]
-    for _ in range(4):  # serialNumber, signature, issuer, validity
-        pos = der.item(data, pos, te)[2]
-    ss, se = der.expect(data, pos, te, 0x30, "subject")
-    pos = der.item(data, se, te)[2]  # subjectPublicKeyInfo
+    DER that mbedTLS has parsed already. It runs in every handshake, so it only walks item
+    headers (no tuples, no copies but the names); a lying length ends in IndexError."""
+    p = _start(data, 0)  # TBSCertificate
+    te = _end(data, p)
+    p = _start(data, p)
+    if data[p] == 0xA0:  # version
+        p = _end(data, p)
+    # serialNumber, signature, issuer, validity
+    p = _end(data, _end(data, _end(data, _end(data, p))))
+    ss = p
+    p = _end(data, p)  # subject
+    subject = (ss, p)
+    p = _end(data, p)  # subjectPublicKeyInfo
     dns, ips, has_san = [], [], False
-    while pos < te:
-        tag, s, e = der.item(data, pos, te)
-        pos = e
-        if tag != 0xA3:
-            continue
-        ls, le = der.expect(data, s, e, 0x30, "extensions")
-        for _, xs, xe in der.items(data, ls, le):
-            os_, oe = der.expect(data, xs, xe, 0x06, "extension id")
-            if data[os_:oe] != _SAN:
-                continue
-            t, vs, ve = der.item(data, oe, xe)
-            if t == 0x01:  # critical flag
-                t, vs, ve = der.item(data, ve, xe)
-            has_san = True
-            gs, ge = der.expect(data, vs, ve, 0x30, "subjectAltName")
-            for gt, s2, e2 in der.items(data, gs, ge):
-                if gt == 0x82:
-                    dns.append(data[s2:e2])
-                elif gt == 0x87:
-                    ips.append(data[s2:e2])
-    return dns, ips, has_san, (ss, se)
+    while p < te:
+        if data[p] == 0xA3:  # extensions
+            q = _start(data, _start(data, p))
+            qe = _end(data, p)
+            while q < qe:
+                o = _start(data, q)  # extnID, then critical?, then the OCTET STRING
+                if data[o + 4] == 0x11 and data[o:o + 5] == _SAN:
+                    v = _end(data, o)
+                    if data[v] == 0x01:
+                        v = _end(data, v)
+                    g = _start(data, v)  # the OCTET STRING holds GeneralNames
+                    ge = _end(data, g)
+                    g = _start(data, g)
+                    has_san = True
+                    while g < ge:
+                        e = _end(data, g)
+                        if data[g] == 0x82:
+                            dns.append(data[_start(data, g):e])
+                        elif data[g] == 0x87:
+                            ips.append(data[_start(data, g):e])
+                        g = e
+                q = _end(data, q)
+        p = _end(data, p)
+    return dns, ips, has_san, subject
 
 
 def check(leaf, host, ip, cn_fallback=False):
@@ -92,8 +114,8 @@ def check(leaf, host, ip, cn_fallback=False):
     leaf has no SAN at all and cn_fallback is set, its subject CN (exactly, no wildcard)."""
     try:
         found = names(leaf)
-    except ValueError as e:
-        return "its names cannot be read (%s)" % e
+    except IndexError:
+        return "its names cannot be read"
     dns, ips, has_san, _ = found
     if ip is not None:
         if ip in ips:
