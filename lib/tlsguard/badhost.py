@@ -107,7 +107,7 @@ def mismatch(leaf, found, host, ip, cn_fallback):
     dns, ips, has_san, (ss, se) = found
     if ip is None and not has_san and cn_fallback:
         try:
-            if host in _cns(leaf, ss, se):
+            if host in _cns(leaf, der.item(leaf, ss, se)[1], se):
                 return None
         except ValueError:
             pass
