@@ -68,8 +68,9 @@ def _end(d, p):
 
 def names(data):
     """(DNS names, packed IP addresses, has a SAN extension, (start, end) of the subject item)
-    of a certificate in DER that mbedTLS has parsed already. It runs in every handshake, so it only walks item
-    headers (no tuples, no copies but the names); a lying length ends in IndexError."""
+    of a certificate in DER that mbedTLS has parsed already. It runs in every handshake, so it
+    only walks item headers (no tuples, no copies but the names); a lying length ends in
+    IndexError."""
     p = _start(data, 0)  # TBSCertificate
     te = _end(data, p)
     p = _start(data, p)
