@@ -159,21 +159,32 @@ emit(s)
                          "msg": "no_previous: there is no previous set to roll back to"}
 
 
-def test_trial_rolls_back_after_max_failures(mpy, device, root_ca):
+def test_trial_rolls_back_after_max_failures(mpy, device, root_ca, client_ca):
     seed(mpy, device, root_ca)
+    renewed = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
     r = run(mpy, """
 st = CredentialStore("certs", max_failures=3)
 seen = []
 st.on_change = lambda s: seen.append(s.version)
 st.stage(version=2, pins={})
 st.activate()
-out = [st.handshake_failed() for i in range(3)]
-emit({"out": out, "seen": seen, "gen": st.generation, "s": summary(st)})
-""")
+# A set that kept the identity cannot be what a server refuses; one that also changed whom the
+# device trusts is never rolled back on an unauthenticated refusal: neither counts.
+kept = [st.handshake_failed("refused") for i in range(3)]
+st.stage(version=3, identity=%s, pins={"x.example": ["sha256/%s="] * 2})
+st.activate()
+kept += [st.handshake_failed("refused") for i in range(3)]
+st.stage(version=4, identity=%s)
+st.activate()
+out = [st.handshake_failed("refused") for i in range(3)]
+emit({"kept": kept, "out": out, "seen": seen, "gen": st.generation, "s": summary(st)})
+""" % (identity_expr(renewed), "A" * 43, identity_expr(renewed)))
+    assert r["kept"] == [False] * 6
     assert r["out"] == [False, False, True]
-    assert r["seen"] == [2, 1] and r["gen"] == 2
-    assert r["s"]["version"] == 1 and r["s"]["status"] == "rolled_back"
-    assert r["s"]["report"][-1] == "version 2 rolled back to version 1: 3 failed handshakes on trial"
+    assert r["s"]["report"][-2] == "version 4 refused (3 of 3): refused"
+    assert r["seen"] == [2, 3, 4, 3] and r["gen"] == 4
+    assert r["s"]["version"] == 3 and r["s"]["status"] == "rolled_back"
+    assert r["s"]["report"][-1] == "version 4 rolled back to version 3: 3 failed handshakes on trial"
 
 
 def test_boot_falls_back_when_a_file_does_not_match(mpy, device, root_ca):

@@ -346,6 +346,10 @@ class CredentialStore:
         """The active CredentialSet, or None when the store holds none."""
         return CredentialSet(self, self._sets[0], self._trial) if self._sets else None
 
+    def previous(self):
+        """The set a rollback would return to, or None."""
+        return CredentialSet(self, self._sets[1], False) if len(self._sets) > 1 else None
+
     def _put(self, version, kind, chunks, expect=None):
         name = "%d.%s" % (version, kind)
         sha, size = write_verified(_join(self.path, name), chunks)
@@ -506,12 +510,21 @@ class CredentialStore:
         """A connection with the active set was accepted by its server: confirms a trial."""
         return self.confirm()
 
-    def handshake_failed(self):
-        """A connection with the active set failed; a trial set that fails max_failures times is
-        rolled back. Returns True when that happened."""
-        if not self._trial:
+    def handshake_failed(self, evidence):
+        """A server refused the active set: `evidence` says how we know it was the server and not
+        someone on the network (SecureContext calls this only when the server proved itself under
+        the set on trial before refusing our client certificate). TLS 1.2 does not authenticate
+        a refusal, so it counts only against a trial set that changed the client identity and
+        nothing else: the other items cannot make a server refuse us, and rolling back a change
+        of whom the device trusts (roots, pins, bundle) must never be in an attacker's hands.
+        A trial set that fails max_failures times is rolled back. True when that happened."""
+        if not self._trial or len(self._sets) < 2:
+            return False
+        new, old = self._sets[0]["files"], self._sets[1]["files"]
+        if new.get("crt") == old.get("crt") or any(new.get(k) != old.get(k) for k in ("roots", "pins", "bundle")):
             return False
         self._failures += 1
+        self._note("version %d refused (%d of %d): %s" % (self.version, self._failures, self.max_failures, evidence))
         if self._failures < self.max_failures:
             return False
         self.rollback("%d failed handshakes on trial" % self._failures)

@@ -49,10 +49,8 @@ class TLSSocket(io.IOBase):
             r = fn(*args)
         except Exception as e:  # noqa: BLE001
             if self._unproven and self._hs is None:
-                # With TLS 1.3 a server refuses a client certificate after the client's
-                # handshake is over: the first read fails.
-                self._unproven = False
-                self._context.store.handshake_failed()
+                from tlsguard import trial
+                trial.after_handshake(self, e)
             self._fail(e)
         if self._hs is not None and r is not None:
             self._handshake_done()
