@@ -18,6 +18,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 4
             500: "Internal Server Error", 501: "Not Implemented", 505: "HTTP Version Not Supported"}
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _SECURITY_HEADERS = ("Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n"
+                     "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'\r\n"
                      "X-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n")
 
 
@@ -36,7 +37,8 @@ class _Closed(Exception):
 
 class Request:
     """method, path, query (the text after '?'), version, headers {lower-case name: value}, body
-    (bytes), client (the verified client Certificate, or None), peer ('ip:port')."""
+    (bytes), client (the verified client Certificate, or None), peer ('ip:port'), generation
+    (the credential store generation whose certificate the connection presented)."""
 
     def __init__(self, method, target, version):
         self.method = method
@@ -46,6 +48,7 @@ class Request:
         self.body = b""
         self.client = None
         self.peer = None
+        self.generation = None
 
     def json(self):
         """The body as JSON; 415 unless sent as application/json (a cross-site form cannot)."""
@@ -220,13 +223,14 @@ class HTTPServer:
             if self.active >= self.max_connections:
                 self.stats["refused"] += 1
                 conn.close()
+                self.log("%s: closed unanswered: %d connections open (max_connections)" % (_peer(addr), self.active))
                 continue
             self.active += 1
             asyncio.create_task(self._connection(conn, _peer(addr)))
 
     async def _connection(self, conn, peer):
         self.stats["connections"] += 1
-        stream = None
+        tsock = None
         try:
             conn.setblocking(False)
             tsock = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
@@ -246,7 +250,7 @@ class HTTPServer:
         finally:
             self.active -= 1
             try:
-                (stream or conn).close()
+                (tsock or conn).close()  # asyncio's Stream.close() leaves the socket open
             except OSError:
                 pass
 
@@ -263,6 +267,7 @@ class HTTPServer:
             return await self._refuse(stream, rd, peer, e)
         req.client = tsock.peer
         req.peer = peer
+        req.generation = tsock.generation
         self.stats["requests"] += 1
         keep = req.headers.get("connection", "").lower() != "close" and (
             req.version == "HTTP/1.1" or req.headers.get("connection", "").lower() == "keep-alive")
