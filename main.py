@@ -312,7 +312,7 @@ class WebUI:
                 ("Uptime", "%d s" % (time.ticks_diff(time.ticks_ms(), self.started) // 1000)),
                 ("Free heap", "%d bytes" % gc.mem_free()))
         body = ["<!doctype html><html><head><meta charset=utf-8><title>%s</title><style>body{font:16px sans-serif;"
-                "margin:2em}td{padding:.2em 1em .2em 0}</style></head><body><h1>%s</h1><table>"
+                "margin:2em}td{padding:.2em 1em .2em 0;word-break:break-all}</style></head><body><h1>%s</h1><table>"
                 % (esc(self.device.id), esc(self.device.id))]
         body += ["<tr><td>%s</td><td>%s</td></tr>" % (esc(k), esc(v)) for k, v in rows]
         body.append("</table></body></html>")
