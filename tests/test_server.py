@@ -257,3 +257,132 @@ def test_connection_cap_and_idle_sockets(board, fleet):
         for s in idle:
             s.close()
     assert get(board.port, "/", client_context(fleet))[0] == 200
+
+
+# ---- ServerContext on its own, under the unix port ------------------------------------------
+
+SERVE = """
+import asyncio, socket, sys
+from tlsguard.server import ServerContext
+from tlsguard.httpd import _bound_port
+ctx = ServerContext(identity=(open("chain.der", "rb").read(), open("key.der", "rb").read()),
+                    client_ca=open("ca.der", "rb").read())
+
+def listen():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(socket.getaddrinfo("127.0.0.1", 0)[0][-1])
+    s.listen(2)
+    return s
+
+# 1. Blocking: the handshake runs in wrap_socket.
+s = listen()
+print("PORT", _bound_port(s, 0))
+conn, _ = s.accept()
+t = ctx.wrap_socket(conn, server_side=True)
+print("CLIENT", t.peer.subject)
+t.write(b"blocking:" + t.readline())
+t.close()
+s.close()
+
+# 2. asyncio.start_server(..., ssl=ctx): the handshake runs in the first read.
+async def handle(r, w):
+    line = await r.readline()
+    w.write(b"asyncio:" + line)
+    await w.drain()
+    await w.wait_closed()
+    done.set()
+
+async def main():
+    global done
+    done = asyncio.Event()
+    probe = listen()
+    port = _bound_port(probe, 0)
+    probe.close()
+    srv = await asyncio.start_server(handle, "127.0.0.1", port, ssl=ctx)
+    print("PORT", port)
+    await done.wait()
+    srv.close()
+
+asyncio.run(main())
+print("DONE")
+"""
+
+
+def _talk(port, root_pem, operator, line):
+    ctx = ssl.create_default_context(cafile=root_pem)
+    ctx.load_cert_chain(operator["cert"], operator["key"])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as tcp:
+        with ctx.wrap_socket(tcp, server_hostname="localhost") as s:
+            s.sendall(line)
+            return s.makefile("rb").readline(), s.getpeercert(True)
+
+
+def test_server_context_blocking_and_asyncio_start_server(mpy, fleet, tmp_path):
+    """Both ways a MicroPython program serves TLS: wrap_socket(server_side=True) on a blocking
+    socket, and asyncio.start_server(ssl=ctx). The client trusts only the root, so the issuing CA
+    must come from the device; the device sees the operator's verified certificate."""
+    import subprocess as sp
+
+    import pki
+    from conftest import MICROPYTHON
+    root = pki.CA("another fleet")
+    leaf = root.intermediate("another issuing").issue(("localhost",))
+    root_pem = tmp_path / "root.pem"
+    root_pem.write_bytes(root.pem)
+    folder = mpy.cwd
+    for name, data in (("chain.der", leaf.der + leaf.parents[0].der), ("key.der", leaf.key_der),
+                       ("ca.der", fleet.operator_ca.der), ("_t.py", SERVE.encode())):
+        with open(folder + "/" + name, "wb") as f:
+            f.write(data)
+    proc = sp.Popen([MICROPYTHON, "_t.py"], cwd=folder, env=mpy.env(), stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+    try:
+        out = []
+        for label in (b"blocking:", b"asyncio:"):
+            line = ""
+            while not line.startswith("PORT "):
+                line = proc.stdout.readline()
+                out.append(line)
+                assert line, out  # the script ended early
+            got, peer = _talk(int(line.split()[1]), str(root_pem), fleet.operator, b"hello\n")
+            assert got == label + b"hello\n"
+            assert peer == leaf.der
+        rest = proc.communicate(timeout=60)[0]
+        assert "CLIENT CN=operator-1,O=tlsguard tests" in "".join(out) + rest and "DONE" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+ERRORS = """
+import socket, tlsguard
+from tlsguard.server import ServerContext
+ident = (open("chain.der", "rb").read(), open("key.der", "rb").read())
+out = []
+def attempt(f):
+    try:
+        f()
+        out.append("no error")
+    except Exception as e:
+        out.append([type(e).__name__, getattr(e, "kind", None), str(e)])
+attempt(lambda: ServerContext())
+attempt(lambda: ServerContext(identity=ident).wrap_socket(socket.socket(), server_side=False))
+attempt(lambda: ServerContext(identity=ident, client_ca=b"not a certificate"))
+attempt(lambda: ServerContext(store=tlsguard.CredentialStore("empty")).wrap_socket(socket.socket()))
+attempt(lambda: ServerContext(identity=(ident[0], b"junk")).wrap_socket(socket.socket()))
+emit(out)
+"""
+
+
+def test_server_context_errors(mpy, tmp_path):
+    import pki
+    leaf = pki.CA("r").issue(("localhost",))
+    for name, data in (("chain.der", leaf.der), ("key.der", leaf.key_der)):
+        (tmp_path / name).write_bytes(data)
+    got = mpy.value(ERRORS)
+    assert got[0][0] == "ValueError" and "needs an identity to present" in got[0][2]
+    assert got[1][0] == "ValueError" and "server-side only: use SecureContext for clients" in got[1][2]
+    assert got[2][:2] == ["TLSError", "bad_certificate"] and "client_ca:" in got[2][2]
+    assert got[3][:2] == ["TLSError", "bad_certificate"] and "holds no identity to present" in got[3][2]
+    assert got[4][:2] == ["TLSError", "bad_certificate"] and "identity (certificate/key) rejected" in got[4][2]
