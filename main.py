@@ -9,7 +9,12 @@ arrive on devices/<id>/credentials (the next connection uses them). Reads config
  "package_key": "<hex HMAC key>", "time_servers": ["pool.ntp.org"],
  "interval": 10, "backoff": [1, 60], "messages": 0, "max_failures": 0}
 messages / max_failures: stop after that many messages sent / consecutive failed connections
-(0: never; a board runs forever)."""
+(0: never; a board runs forever).
+"https": {"port": 443, "operator_port": 8443, "operator_ca": "certs/operator-ca.der",
+ "operators": ["sha256/..."], "settings": "settings.json"} serves the device's pages (WebUI) with the
+credential store's identity: the status page to anyone, /config only on the operator port, whose
+clients must present a certificate from operator_ca (and, if listed, with one of the operators'
+SPKI pins). Without "broker" only the pages are served; with both, the pages run in a thread."""
 import gc
 import json
 import select
@@ -268,10 +273,142 @@ class Device:
         return True
 
 
+class WebUI:
+    """The device's HTTPS pages: / (status: id, certificate, uptime) and /config (settings as JSON,
+    GET and POST; authorized by an operator client certificate, never by a password)."""
+
+    SETTINGS = {"label": (str, 64), "interval": (int, 86400)}  # name: (type, max length or value)
+
+    def __init__(self, device, https):
+        from tlsguard.server import ServerContext
+        self.device = device
+        self.https = https
+        self.started = time.ticks_ms()
+        self.settings_path = https.get("settings", "settings.json")
+        identity = None
+        if device.cfg.get("identity"):
+            identity = [read(p) for p in device.cfg["identity"]]
+        self.public = ServerContext(store=device.store, identity=identity)
+        self.operator = None
+        if https.get("operator_ca"):
+            self.operator = ServerContext(store=device.store, identity=identity,
+                                          client_ca=read(https["operator_ca"]))
+        self.operators = https.get("operators") or []
+        self.operator_port = https.get("operator_port", 8443)
+        try:
+            with open(self.settings_path) as f:
+                device.cfg.update(json.load(f))
+        except (OSError, ValueError):
+            pass
+
+    def status(self, req):
+        from tlsguard.httpd import html_escape as esc
+        cert = self.public.certificate
+        rows = (("Device", self.device.id), ("Label", self.device.cfg.get("label", "")),
+                ("Certificate", cert.subject), ("Issuer", cert.issuer), ("Serial", "%x" % cert.serial),
+                ("Valid until", tlsguard.platform.date(cert.not_valid_after)),
+                ("Key pin", tlsguard.spki_pin(cert.der)),
+                ("Credentials", "version %d" % self.device.store.version if self.device.store else "config"),
+                ("Uptime", "%d s" % (time.ticks_diff(time.ticks_ms(), self.started) // 1000)),
+                ("Free heap", "%d bytes" % gc.mem_free()))
+        body = ["<!doctype html><html><head><meta charset=utf-8><title>%s</title><style>body{font:16px sans-serif;"
+                "margin:2em}td{padding:.2em 1em .2em 0;word-break:break-all}</style></head><body><h1>%s</h1><table>"
+                % (esc(self.device.id), esc(self.device.id))]
+        body += ["<tr><td>%s</td><td>%s</td></tr>" % (esc(k), esc(v)) for k, v in rows]
+        body.append("</table></body></html>")
+        return 200, "text/html; charset=utf-8", "".join(body)
+
+    def _operator(self, req):
+        """Refuse anyone but an operator. A request from an operator served with a credential set
+        on trial proves the set works for serving: it is confirmed (any other client could not
+        be allowed to do that, or it could keep a broken set)."""
+        from tlsguard.httpd import HTTPError
+        if req.client is None:
+            raise HTTPError(403, "%s needs an operator certificate: use port %s" % (req.path, self.operator_port))
+        if self.operators and tlsguard.spki_pin(req.client.der) not in self.operators:
+            raise HTTPError(403, "certificate '%s' is not one of this device's operators" % req.client.subject)
+        store = self.device.store
+        if store is not None and store.trial and req.generation == store.generation:
+            store.confirm()
+            log("https: credentials version %d confirmed by operator '%s'" % (store.version, req.client.subject))
+
+    def credentials(self, req):
+        """POST a signed update package (`tlsguard package`): staged, checked and activated; the
+        next connection presents the new certificate."""
+        from tlsguard.httpd import HTTPError
+        self._operator(req)
+        if self.device.store is None:
+            raise HTTPError(404, "this device has no credential store")
+        try:
+            version = self.device.store.apply(req.body, key=self.device.key)
+            self.device.store.activate()
+        except ValueError as e:  # StoreError: the store is unchanged
+            raise HTTPError(400, "package refused: %s" % e)
+        log("https: credentials version %d activated by '%s'" % (version, req.client.subject))
+        self.device.rotated = True
+        return 200, "application/json", json.dumps({"version": version, "trial": self.device.store.trial})
+
+    def config(self, req):
+        from tlsguard.httpd import HTTPError
+        self._operator(req)
+        cfg = self.device.cfg
+        if req.method == "POST":
+            new = req.json()
+            if not isinstance(new, dict):
+                raise HTTPError(400, "send a JSON object")
+            for k, v in new.items():
+                kind, limit = self.SETTINGS.get(k, (None, 0))
+                if kind is None:
+                    raise HTTPError(400, "unknown setting %r (settable: %s)" % (k, ", ".join(self.SETTINGS)))
+                if type(v) is not kind or (len(v) if kind is str else v) > limit or (kind is int and v < 1):
+                    raise HTTPError(400, "%s must be %s up to %d" % (k, kind.__name__, limit))
+            settings = {k: cfg[k] for k in self.SETTINGS if k in cfg}
+            settings.update(new)
+            tmp = self.settings_path + ".new"
+            with open(tmp, "w") as f:
+                json.dump(settings, f)
+            import os
+            os.rename(tmp, self.settings_path)  # the old settings stay until the new ones are whole
+            cfg.update(new)
+            log("https: settings changed by '%s': %s" % (req.client.subject, ", ".join(sorted(new))))
+        return 200, "application/json", json.dumps({k: cfg.get(k) for k in self.SETTINGS})
+
+    async def serve(self, host="0.0.0.0"):
+        import asyncio
+        from tlsguard.httpd import HTTPServer
+        servers = [(self.public, self.https.get("port", 443))]
+        if self.operator is not None:
+            servers.append((self.operator, self.operator_port))
+        for ctx, port in servers:
+            srv = HTTPServer(ctx, timeout=self.https.get("timeout", 10), log=lambda line: log("https:", line),
+                             max_body=8192 if ctx.client_ca else 2048)
+            srv.route("/", self.status)
+            srv.route("/config", self.config, ("GET", "POST"))
+            srv.route("/credentials", self.credentials, ("POST",))
+            await srv.start(host, port)
+            if ctx.client_ca:
+                self.operator_port = srv.port  # the port the OS chose when asked for 0
+            log("https: serving %s on port %d (certificate %s)" % (
+                "config to operators" if ctx.client_ca else "the status page", srv.port, ctx.certificate.subject))
+        while True:
+            await asyncio.sleep(3600)
+
+    def run(self):
+        import asyncio
+        asyncio.run(self.serve(self.https.get("host", "0.0.0.0")))
+
+
 def main(path="config.json"):
     with open(path) as f:
         cfg = json.load(f)
-    return Device(cfg).run()
+    device = Device(cfg)
+    if cfg.get("https"):
+        web = WebUI(device, cfg["https"])
+        if not cfg.get("broker"):
+            return web.run()
+        import _thread
+        _thread.start_new_thread(web.run, ())
+    return device.run()
 
 
 if __name__ == "__main__":
