@@ -77,7 +77,10 @@ def _unstamp(b):
 
 
 class Chrony:
-    """chronyd serving the host clock on 127.0.0.1:<port>, stratum 8; -x: never sets the clock."""
+    """chronyd serving the host clock on 127.0.0.1:<port>, stratum 8; -x: never sets the clock.
+    Everything it owns is its own: NTP port from the OS, no command port (cmdport 0), no Unix
+    command socket (bindcmdaddress /: the default path is the system chronyd's), pid and drift
+    files in its folder. So it runs beside a system chronyd and touches nothing of it."""
 
     def __init__(self, workdir):
         self.dir = os.path.join(str(workdir), "chrony")
@@ -86,7 +89,8 @@ class Chrony:
         conf = os.path.join(self.dir, "chrony.conf")
         with open(conf, "w") as f:
             f.write("port %d\nbindaddress 127.0.0.1\nlocal stratum 8\nallow 127.0.0.1\ncmdport 0\n"
-                    "pidfile %s/chronyd.pid\ndriftfile %s/drift\nuser root\n" % (self.port, self.dir, self.dir))
+                    "bindcmdaddress /\npidfile %s/chronyd.pid\ndriftfile %s/drift\nuser root\n"
+                    % (self.port, self.dir, self.dir))
         exe = shutil.which("chronyd") or "/usr/sbin/chronyd"
         self.log = open(os.path.join(self.dir, "log"), "w")
         self.proc = subprocess.Popen([exe, "-x", "-d", "-f", conf], stdout=self.log, stderr=subprocess.STDOUT)
