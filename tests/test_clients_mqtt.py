@@ -1,0 +1,317 @@
+"""The MQTT clients people install, unmodified (umqtt.simple, umqtt.robust, mqtt_as, chumicro-mqtt,
+aiomqttc), with a tlsguard SecureContext (CA + pins + the device's client certificate) against
+mosquitto requiring mutual TLS: a message published reaches a paho subscriber on the host, one sent
+from the host reaches the device. Then each against an intercepting broker (certificate from another
+CA): refused as untrusted_root, and the interceptor never sees an MQTT client. Reconnect loops
+(umqtt.robust, mqtt_as) survive a TLS handshake cut short: TLSError is an OSError."""
+import threading
+
+import pytest
+
+from clients import ENV, FAIL, context_expr, device_identity, proxy, rogue_broker  # noqa: F401 (fixtures)
+from mqtt_broker import broker, broker_pki, fleet, subscriber  # noqa: F401 (fixtures)
+
+TELEMETRY = "devices/sensor-1/telemetry"
+COMMANDS = "devices/sensor-1/commands"
+
+UMQTT_SIMPLE = FAIL + """
+import time, tlsguard
+from umqtt.simple import MQTTClient
+def run(port, ctx):
+    got = []
+    c = MQTTClient("sensor-1", "localhost", port, keepalive=30, ssl=ctx)
+    c.set_callback(lambda t, m: got.append([t.decode(), m.decode()]))
+    try:
+        c.connect()
+    except OSError as e:
+        return failure(e)
+    c.subscribe(b"%(cmd)s")
+    c.publish(b"%(tel)s", b"from umqtt.simple")
+    for _ in range(300):
+        c.check_msg()
+        if got:
+            break
+        time.sleep_ms(50)
+    c.disconnect()
+    return {"ok": True, "got": got, "peer": c.sock.peer.subject}
+""" % {"cmd": COMMANDS, "tel": TELEMETRY}
+
+UMQTT_ROBUST = FAIL + """
+import time, tlsguard
+from umqtt.robust import MQTTClient
+MQTTClient.DEBUG = True
+def run(port, ctx):
+    got = []
+    c = MQTTClient("sensor-1", "localhost", port, keepalive=30, ssl=ctx)
+    c.set_callback(lambda t, m: got.append([t.decode(), m.decode()]))
+    c.reconnect()                 # robust's own loop: retries every OSError until connected
+    c.subscribe(b"%(cmd)s")
+    c.publish(b"%(tel)s", b"from umqtt.robust")
+    for _ in range(300):
+        c.check_msg()
+        if got:
+            break
+        time.sleep_ms(50)
+    c.disconnect()
+    return {"ok": True, "got": got}
+""" % {"cmd": COMMANDS, "tel": TELEMETRY}
+
+MQTT_AS = FAIL + """
+import boardshim, asyncio, tlsguard
+from mqtt_as import MQTTClient, config
+from tlsguard import mqttas
+MQTTClient.DEBUG = True
+async def main(port, ctx, cut):
+    got = []
+    config["server"] = "localhost"
+    config["port"] = port
+    config["client_id"] = "sensor-1"
+    config["subs_cb"] = lambda t, m, r: got.append([t.decode(), m.decode()])
+    config["response_time"] = 5
+    mqttas.use(config, ctx)
+    c = MQTTClient(config)
+    try:
+        await c.connect(quick=True)
+    except OSError as e:
+        return failure(e)
+    await c.subscribe("%(cmd)s", 1)
+    if cut:
+        print("@@CUT")                  # the test cuts the link and drops the next handshake
+        while c.isconnected():
+            await asyncio.sleep_ms(50)
+        while not c.isconnected():      # mqtt_as's own reconnect task brings it back
+            await asyncio.sleep_ms(100)
+    await c.publish("%(tel)s", "from mqtt_as", qos=1)
+    for _ in range(300):
+        if got:
+            break
+        await asyncio.sleep_ms(50)
+    c.close()
+    return {"ok": True, "got": got}
+def run(port, ctx, cut=False):
+    return asyncio.run(main(port, ctx, cut))
+""" % {"cmd": COMMANDS, "tel": TELEMETRY}
+
+CHUMICRO = FAIL + """
+import time, tlsguard
+from chumicro_mqtt import MQTTClient
+def run(port, ctx):
+    got = []
+    c = MQTTClient.from_config({"mqtt.broker.host": "localhost", "mqtt.broker.port": port,
+                                "mqtt.client_id": "sensor-1", "mqtt.keep_alive_seconds": 30},
+                               ssl_context=ctx)
+    c.on_message = lambda t, m: got.append([t if isinstance(t, str) else bytes(t).decode(), bytes(m).decode()])
+    c.subscribe("%(cmd)s", 0)
+    c.publish("%(tel)s", b"from chumicro-mqtt", qos=1)
+    c.connect()
+    for _ in range(600):
+        c.handle(time.ticks_ms())
+        if got or c.last_error is not None:
+            break
+        time.sleep_ms(20)
+    if not got:
+        return failure(c.last_error)
+    c.disconnect()
+    return {"ok": True, "got": got}
+""" % {"cmd": COMMANDS, "tel": TELEMETRY}
+
+AIOMQTTC = FAIL + """
+import boardshim, asyncio, tlsguard, aiomqttc
+from aiomqttc import MQTTClient
+async def main(port, ctx):
+    got = []
+    c = MQTTClient(client_id="sensor-1", server="localhost", port=port, keepalive=30, ssl=ctx)
+    async def on_message(client, topic, payload, retain):
+        got.append([topic, payload.decode()])
+    c.on_message = on_message
+    if not await c.connect(timeout_sec=10):
+        return {"ok": False}
+    await c.subscribe("%(cmd)s", qos=0)
+    await c.publish("%(tel)s", b"from aiomqttc", qos=0)
+    for _ in range(300):
+        if got:
+            break
+        await asyncio.sleep_ms(50)
+    await c.disconnect()
+    return {"ok": True, "got": got}
+def run(port, ctx):
+    return asyncio.run(main(port, ctx))
+""" % {"cmd": COMMANDS, "tel": TELEMETRY}
+
+CLIENTS = {"umqtt.simple": UMQTT_SIMPLE, "umqtt.robust": UMQTT_ROBUST, "mqtt_as": MQTT_AS,
+           "chumicro-mqtt": CHUMICRO, "aiomqttc": AIOMQTTC}
+
+
+def ctx_source(fleet, broker_pki):
+    root, inter, _ = broker_pki
+    return context_expr(root.der, inter.cert, device_identity(fleet))
+
+
+def answer_when_heard(sub, payload):
+    """Publish `payload` to the device's command topic each time telemetry arrives (until 3)."""
+    def run():
+        for n in (1, 2, 3):
+            if not sub.wait_for(n, 30)[n - 1:]:
+                return
+            sub.publish(COMMANDS, payload)
+    threading.Thread(target=run, daemon=True).start()
+
+
+@pytest.mark.parametrize("name", sorted(CLIENTS))
+def test_client_publishes_and_receives_over_mutual_tls(name, mpy, broker, broker_pki, fleet, subscriber):
+    sub = subscriber(TELEMETRY)
+    answer_when_heard(sub, b"blink")
+    r = mpy.run(CLIENTS[name] + "emit(run(%d, %s))\n" % (broker.port, ctx_source(fleet, broker_pki)),
+                env=ENV, timeout=90)
+    assert r.returncode == 0, r.output
+    assert r.value["ok"] and r.value["got"] == [[COMMANDS, "blink"]], r.output
+    assert sub.messages[0] == (TELEMETRY, ("from " + name).encode())
+    # The broker saw the device certificate (its CN is the MQTT username).
+    assert "sensor-1" in broker.usernames()
+
+
+@pytest.mark.parametrize("name", sorted(CLIENTS))
+def test_interceptor_refused_nothing_sent(name, mpy, rogue_broker, broker_pki, fleet):
+    r = mpy.run(CLIENTS[name] + "emit(run(%d, %s))\n" % (rogue_broker.port, ctx_source(fleet, broker_pki)),
+                env=ENV, timeout=90)
+    assert r.returncode == 0 or name == "umqtt.robust", r.output
+    if name == "umqtt.robust":
+        # reconnect() retries for ever: it was stopped by the timeout below instead.
+        pass
+    elif name == "aiomqttc":
+        # aiomqttc returns False and logs the error: the log line carries the diagnosis.
+        assert r.value == {"ok": False}
+        assert "untrusted_root for localhost" in r.stdout, r.output
+    else:
+        v = r.value
+        assert not v["ok"], v
+        assert "untrusted_root for localhost: " in v["msg"], v
+        if name != "chumicro-mqtt":  # chumicro wraps it in its MQTTError, text kept
+            assert v["type"] == "TLSError" and v["kind"] == "untrusted_root", v
+    assert rogue_broker.usernames() == []
+    assert "Received CONNECT" not in rogue_broker.log() and "PUBLISH" not in rogue_broker.log()
+
+
+def test_umqtt_robust_interceptor_retried_never_sent(mpy, rogue_broker, broker_pki, fleet):
+    """robust's reconnect loop retries a refused interceptor (each a TLSError, an OSError) and
+    never sends it anything."""
+    code = UMQTT_ROBUST + """
+import umqtt.robust
+attempts = []
+umqtt.robust.MQTTClient.log = lambda self, in_reconnect, e: attempts.append(str(e))
+umqtt.robust.MQTTClient.delay = lambda self, i: None if i < 2 else exit_now()
+def exit_now():
+    emit({"attempts": attempts})
+    raise SystemExit
+run(%d, %s)
+""" % (rogue_broker.port, ctx_source(fleet, broker_pki))
+    r = mpy.run(code, env=ENV, timeout=90)
+    attempts = r.value["attempts"]
+    assert len(attempts) == 3 and all(a.startswith("untrusted_root for localhost") for a in attempts), r.output
+    assert rogue_broker.usernames() == []
+
+
+def test_umqtt_robust_retries_a_cut_handshake(mpy, broker, broker_pki, fleet, subscriber, proxy):
+    sub = subscriber(TELEMETRY)
+    answer_when_heard(sub, b"again")
+    p = proxy(broker.port)
+    p.drop(1)
+    r = mpy.run(UMQTT_ROBUST + "emit(run(%d, %s))\n" % (p.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=90)
+    assert r.returncode == 0, r.output
+    assert r.value == {"ok": True, "got": [[COMMANDS, "again"]]}, r.output
+    assert p.dropped == 1 and p.accepted == 2
+    assert "TLSError" in r.output or "network for localhost" in r.output or "handshake_failed" in r.output, r.output
+
+
+def test_mqtt_as_reconnect_task_survives_a_tls_error(mpy, broker, broker_pki, fleet, subscriber, proxy, tmp_path):
+    """The link is cut, and the first reconnection's handshake is cut short too (a TLSError):
+    mqtt_as's reconnect task catches it as an OSError and connects on the next attempt."""
+    import subprocess
+    from conftest import MICROPYTHON, PRELUDE
+    sub = subscriber(TELEMETRY)
+    answer_when_heard(sub, b"back")
+    p = proxy(broker.port)
+    script = tmp_path / "_t.py"
+    script.write_text(PRELUDE + MQTT_AS + "emit(run(%d, %s, cut=True))\n" % (p.port, ctx_source(fleet, broker_pki)))
+    env = mpy.env(ENV)
+    proc = subprocess.Popen([MICROPYTHON, str(script)], cwd=str(tmp_path), env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if line.startswith("@@CUT"):
+                p.drop(1)
+                p.cut()
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    text = "".join(out)
+    assert proc.returncode == 0, text
+    assert '{"ok": true, "got": [["%s", "back"]]}' % COMMANDS in text, text
+    assert "Error in reconnect." in text and "TLSError" not in text.split("Error in reconnect.")[0][-1:], text
+    assert p.dropped == 1 and p.accepted == 3, (p.accepted, p.dropped, text)
+    assert sub.messages[0] == (TELEMETRY, b"from mqtt_as")
+
+
+MQTT_AS_TRAP = """
+import boardshim, asyncio, tlsguard
+from mqtt_as import MQTTClient, config
+async def main(port, ctx):
+    config["server"] = "localhost"
+    config["port"] = port
+    config["ssl"] = ctx                 # the trap: only tested for truth
+    c = MQTTClient(config)
+    try:
+        await c.connect(quick=True)
+        c.close()
+        return "connected"
+    except OSError as e:
+        return "refused: %%s" %% e
+emit(asyncio.run(main(%d, %s)))
+"""
+
+
+def test_mqtt_as_ssl_context_trap_and_use(mpy, rogue_broker, broker_pki, fleet):
+    """Stock mqtt_as given ssl=context connects to the interceptor unverified (mqtt_as calls
+    ssl.wrap_socket(sock) with CERT_NONE): why README says to use tlsguard.mqttas.use()."""
+    r = mpy.run(MQTT_AS_TRAP % (rogue_broker.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=60)
+    assert r.returncode == 0, r.output
+    # The handshake went through without verification: the rogue broker answered the TLS
+    # handshake (it then refuses the client for lacking a certificate, which is the broker's
+    # policy, not the device's protection).
+    assert "untrusted_root" not in r.value, r.value
+    assert "New connection from 127.0.0.1" in rogue_broker.log()
+    fixed = MQTT_AS_TRAP.replace('c = MQTTClient(config)', 'tlsguard.mqttas.use(config)\n    c = MQTTClient(config)')
+    r = mpy.run(fixed % (rogue_broker.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=60)
+    assert r.value.startswith("refused: untrusted_root for localhost"), r.output
+
+
+def test_mqttas_use_refuses_what_it_cannot_honour(mpy):
+    r = mpy.value("""
+import tlsguard
+from tlsguard import mqttas
+out = []
+for cfg, kw in (({"server": "h", "ssl": True}, {}), ({"ssl": object()}, {"context": tlsguard.SecureContext(mode="insecure")})):
+    try:
+        mqttas.use(cfg, **kw)
+        out.append("accepted")
+    except ValueError as e:
+        out.append(str(e))
+ctx = tlsguard.SecureContext(mode="insecure")
+cfg = mqttas.use({"server": "broker.example", "ssl": ctx})
+import ssl
+try:
+    ssl.wrap_socket(None, context=ctx, server_hostname="h", cadata=b"x")
+except ValueError as e:
+    out.append(str(e))
+out.append([cfg["ssl"], cfg["ssl_params"]["server_hostname"], cfg["ssl_params"]["context"] is ctx])
+emit(out)
+""", env=ENV)
+    assert r == ["mqttas.use: give the SecureContext (config['ssl'] is not one)",
+                 "mqttas.use: set config['server'] first (or give server_hostname)",
+                 "ssl_params with context= take only server_hostname, not cadata",
+                 [True, "broker.example", True]]
