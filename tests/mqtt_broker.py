@@ -237,6 +237,7 @@ import pytest  # noqa: E402
 
 import pki  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     """The device CA, a device certificate for sensor-1 and one for the host subscriber."""
