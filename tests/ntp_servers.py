@@ -25,8 +25,10 @@ def ntp_stamp(t):
 
 
 def faketime_lib():
-    """Path of libfaketime.so.1, asked from dpkg rather than assumed."""
-    for pkg in ("libfaketime", "faketime"):
+    """Path of libfaketime.so.1 for this machine's architecture (a multiarch host may also have
+    another's, e.g. i386), asked from dpkg rather than assumed."""
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    for pkg in ("libfaketime:" + arch, "libfaketime", "faketime"):
         r = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True)
         for line in r.stdout.splitlines():
             if line.endswith("/libfaketime.so.1"):
