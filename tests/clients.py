@@ -31,13 +31,15 @@ def failure(e):
 """
 
 
-def context_expr(root_der, pin_cert, identity=None, extra=""):
-    """Source of a SecureContext(...) trusting root_der, pinned to pin_cert's key (plus a backup
-    pin) for localhost, with identity=(cert DER/PEM, key) for mutual TLS."""
-    args = "cadata=%s, pins={'localhost': [%r, %r]}" % (pyrepr(root_der), pki.spki_pin(pin_cert), BACKUP_PIN)
+def context_expr(root_der, pin_cert, identity=None, bundle=None):
+    """Source of a SecureContext(...) trusting root_der (or, with `bundle`, the trust bundle at
+    that path), pinned to pin_cert's key (plus a backup pin) for localhost, with
+    identity=(cert DER/PEM, key) for mutual TLS."""
+    trust = "trust=tlsguard.TrustStore(%r)" % bundle if bundle else "cadata=%s" % pyrepr(root_der)
+    args = "%s, pins={'localhost': [%r, %r]}" % (trust, pki.spki_pin(pin_cert), BACKUP_PIN)
     if identity:
         args += ", identity=(%s, %s)" % (pyrepr(identity[0]), pyrepr(identity[1]))
-    return "tlsguard.SecureContext(%s%s)" % (args, extra)
+    return "tlsguard.SecureContext(%s)" % args
 
 
 @pytest.fixture(scope="module")

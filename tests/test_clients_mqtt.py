@@ -5,7 +5,9 @@ from the host reaches the device. Then each against an intercepting broker (cert
 CA): refused as untrusted_root, and the interceptor never sees an MQTT client. Reconnect loops
 (umqtt.robust, mqtt_as) survive a TLS handshake cut short: TLSError is an OSError."""
 import json
+import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -15,6 +17,7 @@ from conftest import MICROPYTHON, PRELUDE, RESULT
 from clients import ENV, FAIL, context_expr, device_identity, proxy, rogue_broker  # noqa: F401 (fixtures)
 from mqtt_broker import broker, broker_pki, fleet, subscriber  # noqa: F401 (fixtures)
 
+TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
 TELEMETRY = "devices/sensor-1/telemetry"
 COMMANDS = "devices/sensor-1/commands"
 
@@ -227,6 +230,26 @@ def test_umqtt_robust_retries_a_cut_handshake(mpy, broker, broker_pki, fleet, su
     assert r.value == {"ok": True, "got": [[COMMANDS, "again"]]}, r.output
     assert p.dropped == 1 and p.accepted == 2
     assert "TLSError" in r.output or "network for localhost" in r.output or "handshake_failed" in r.output, r.output
+
+
+def test_umqtt_robust_first_contact_through_the_trust_store(mpy, tmp_path, broker, broker_pki, fleet, subscriber):
+    """With the broker's root in the trust bundle (not in cadata), the first handshake only shows
+    the chain: wrap_socket raises TLSError(untrusted_root, retry=True). robust's reconnect loop
+    takes it as the OSError it is, and the next connection verifies with the anchor found."""
+    sub = subscriber(TELEMETRY)
+    answer_when_heard(sub, b"first contact")
+    root_pem = tmp_path / "broker-root.pem"
+    root_pem.write_bytes(broker_pki[0].pem)
+    r = subprocess.run([TLSGUARD, "bundle", "--add", str(root_pem), "--build-time", "2025-01-01",
+                        "--out", os.path.join(mpy.cwd, "roots.bin")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ctx = context_expr(None, broker_pki[1].cert, device_identity(fleet), bundle="roots.bin")
+    r = mpy.run(UMQTT_ROBUST + "emit(run(%d, %s))\n" % (broker.port, ctx), env=ENV, timeout=90)
+    assert r.returncode == 0, r.output
+    assert r.value == {"ok": True, "got": [[COMMANDS, "first contact"]]}, r.output
+    # robust logged the first-contact TLSError and carried on.
+    assert "mqtt reconnect: TLSError(" in r.output and "untrusted_root for localhost" in r.output, r.output
+    assert "the next connection will verify with it" in r.output
 
 
 def test_mqtt_as_reconnect_task_survives_a_tls_error(mpy, broker, broker_pki, fleet, subscriber, proxy, tmp_path):
