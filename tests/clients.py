@@ -6,13 +6,13 @@ import http.server
 import json
 import os
 import socket
-import ssl
 import struct
 import threading
 
 import pytest
 
 import pki
+import servers
 from conftest import LIB, ROOT, pyrepr
 from mqtt_broker import Mosquitto, read
 
@@ -84,28 +84,14 @@ class Recorder(http.server.BaseHTTPRequestHandler):
         self._answer(self.rfile.read(int(self.headers.get("Content-Length", 0))))
 
 
-class RecordingHTTPS:
+class RecordingHTTPS(servers.HTTPServer):
     """CPython HTTPS server on 127.0.0.1:<port>; `seen` lists the requests it received.
     client_ca (PEM path): a client certificate from it is required."""
 
     def __init__(self, folder, issued, client_ca=None):
         crt, key = issued.write(folder, "https-%d" % id(self))
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(crt, key)
-        if client_ca:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(client_ca)
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-        self.httpd.daemon_threads = True
+        super().__init__(Recorder, crt, key, client_ca)
         self.httpd.seen = self.seen = []
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -210,13 +196,4 @@ def _shut(s):
 @pytest.fixture
 def proxy():
     """proxy(target_port) -> a Proxy; all closed after the test."""
-    started = []
-
-    def start(target):
-        p = Proxy(target)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.close()
+    yield from servers.started(Proxy)

@@ -21,39 +21,22 @@ TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
 TELEMETRY = "devices/sensor-1/telemetry"
 COMMANDS = "devices/sensor-1/commands"
 
-UMQTT_SIMPLE = FAIL + """
+# umqtt.simple's connect() raises what the handshake raised; umqtt.robust's reconnect() retries
+# every OSError until it is connected.
+UMQTT = FAIL + """
 import time, tlsguard
-from umqtt.simple import MQTTClient
-def run(port, ctx):
-    got = []
-    c = MQTTClient("sensor-1", "localhost", port, keepalive=30, ssl=ctx)
-    c.set_callback(lambda t, m: got.append([t.decode(), m.decode()]))
-    try:
-        c.connect()
-    except OSError as e:
-        return failure(e)
-    c.subscribe(b"%(cmd)s")
-    c.publish(b"%(tel)s", b"from umqtt.simple")
-    for _ in range(300):
-        c.check_msg()
-        if got:
-            break
-        time.sleep_ms(50)
-    c.disconnect()
-    return {"ok": True, "got": got, "peer": c.sock.peer.subject}
-""" % {"cmd": COMMANDS, "tel": TELEMETRY}
-
-UMQTT_ROBUST = FAIL + """
-import time, tlsguard
-from umqtt.robust import MQTTClient
+from umqtt.%(kind)s import MQTTClient
 MQTTClient.DEBUG = True
 def run(port, ctx):
     got = []
     c = MQTTClient("sensor-1", "localhost", port, keepalive=30, ssl=ctx)
     c.set_callback(lambda t, m: got.append([t.decode(), m.decode()]))
-    c.reconnect()                 # robust's own loop: retries every OSError until connected
+    try:
+        c.%(connect)s()
+    except OSError as e:
+        return failure(e)
     c.subscribe(b"%(cmd)s")
-    c.publish(b"%(tel)s", b"from umqtt.robust")
+    c.publish(b"%(tel)s", b"from umqtt.%(kind)s")
     for _ in range(300):
         c.check_msg()
         if got:
@@ -61,7 +44,9 @@ def run(port, ctx):
         time.sleep_ms(50)
     c.disconnect()
     return {"ok": True, "got": got}
-""" % {"cmd": COMMANDS, "tel": TELEMETRY}
+"""
+UMQTT_SIMPLE = UMQTT % {"kind": "simple", "connect": "connect", "cmd": COMMANDS, "tel": TELEMETRY}
+UMQTT_ROBUST = UMQTT % {"kind": "robust", "connect": "reconnect", "cmd": COMMANDS, "tel": TELEMETRY}
 
 MQTT_AS = FAIL + """
 import boardshim, asyncio, tlsguard

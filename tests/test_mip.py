@@ -7,31 +7,16 @@ import hashlib
 import http.server
 import json
 import os
-import ssl
 import subprocess
 import sys
-import threading
 
 import pytest
 
 import pki
+import servers
 from conftest import LIB, ROOT, pyrepr
 
 TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
-
-
-class HTTPFolder:
-    """Plain HTTP server for `folder` on 127.0.0.1:<port> (what a developer's laptop serves)."""
-
-    def __init__(self, folder):
-        handler = functools.partial(_Quiet, directory=str(folder))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -39,18 +24,16 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class HTTPFolder(servers.HTTPServer):
+    """Plain HTTP server for `folder` (what a developer's laptop serves)."""
+
+    def __init__(self, folder):
+        super().__init__(functools.partial(_Quiet, directory=str(folder)))
+
+
 @pytest.fixture
 def http_folder():
-    started = []
-
-    def start(folder):
-        s = HTTPFolder(folder)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    yield from servers.started(HTTPFolder)
 
 
 def test_package_json_current():
@@ -133,7 +116,7 @@ def test_mip_install_mpy_build(mpy, tmp_path, http_folder, serve, root_ca, inter
 
 # ---- verified installs: tlsguard.mip over tlsguard.https -------------------------------------
 
-class HTTPSFolder(HTTPFolder):
+class HTTPSFolder(servers.HTTPServer):
     """HTTPS server for `folder` presenting `issued`'s chain; `paths` lists what was asked."""
 
     def __init__(self, folder, issued, workdir):
@@ -145,12 +128,7 @@ class HTTPSFolder(HTTPFolder):
                 super().do_GET()
 
         crt, key = issued.write(workdir, "index-%d" % id(self))
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(crt, key)
-        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        super().__init__(functools.partial(Handler, directory=str(folder)), crt, key)
 
 
 def _sha(data):
@@ -175,16 +153,7 @@ def make_index(folder, demo=b"VALUE = 42\n", dep=b"def helper():\n    return 'de
 
 @pytest.fixture
 def https_folder(tmp_path):
-    started = []
-
-    def start(folder, issued):
-        s = HTTPSFolder(folder, issued, tmp_path)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    yield from servers.started(lambda folder, issued: HTTPSFolder(folder, issued, tmp_path))
 
 
 VERIFIED = """
