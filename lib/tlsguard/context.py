@@ -204,7 +204,7 @@ class SecureContext:
             self._release_tls(ctx, hs)
             _close(sock)
             raise self._failed(e, hs)
-        tsock = TLSSocket(self, ctx, hs, raw)
+        tsock = TLSSocket(self, ctx, hs, raw, sock)
         tsock.generation = self._store_gen
         tsock._unproven = self.store is not None and self.store.trial
         if do_handshake_on_connect:
