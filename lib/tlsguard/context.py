@@ -167,7 +167,7 @@ class SecureContext:
             raise ValueError("SecureContext is client-side only")
         if self.clock:
             try:
-                self.clock.before_handshake()
+                self.clock.before_handshake(self.pins)
             except TLSError:
                 _close(sock)
                 raise
@@ -219,6 +219,9 @@ class SecureContext:
         """Called once per successful handshake, with the chain still recorded."""
         if self._policy is not None and self.mode == "verify" and hs.anchors:
             self._policy.verified(hs)
+        if self.mode == "verify":
+            from tlsguard import floor
+            floor.evidence(hs.leaf())
 
 
 def _tcp(host, port, ai, timeout):
