@@ -220,13 +220,16 @@ class Response:
             self._done = True
 
 
-def _send(sock, method, host, port, path, headers, body):
+def _check_request(method, headers):
     _clean("method", method)
     for k in headers:
         _clean("header name %r" % k, k)
         if ":" in k or not k:
             raise ValueError("header name %r is not a token: refused" % k)
         _clean("header %r value" % k, str(headers[k]), spaces=True)
+
+
+def _send(sock, method, host, port, path, headers, body):
     head = "%s %s HTTP/1.1\r\nHost: %s%s\r\nConnection: close\r\nUser-Agent: tlsguard\r\n" % (
         method, path, host, "" if port == 443 else ":%d" % port)
     if body is not None:
@@ -251,6 +254,8 @@ def request(method, url, data=None, json=None, headers=None, context=None, timeo
         headers.setdefault("Content-Type", "application/json")
     if isinstance(data, str):
         data = data.encode()
+    _check_request(method, headers)  # before connecting: a refused request sends nothing
+    _split(url)
     for _ in range(max_redirects + 1):
         host, port, path = _split(url)
         sock = connect(host, port, context=context, timeout=timeout)
