@@ -8,6 +8,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sysconfig
 import threading
 import time
 
@@ -25,13 +26,15 @@ def ntp_stamp(t):
 
 
 def faketime_lib():
-    """Path of libfaketime.so.1, asked from dpkg rather than assumed."""
+    """Path of libfaketime.so.1 for this machine's architecture (a 32-bit copy may be installed
+    beside it), asked from dpkg rather than assumed."""
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
     for pkg in ("libfaketime", "faketime"):
         r = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True)
         for line in r.stdout.splitlines():
-            if line.endswith("/libfaketime.so.1"):
+            if line.endswith("/libfaketime.so.1") and arch in line:
                 return line
-    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    found = glob.glob("/usr/lib/%s/faketime/libfaketime.so.1" % (arch or "*"))
     assert found, "libfaketime not installed (tools/setup.sh installs Debian 'faketime')"
     return found[0]
 
@@ -106,10 +109,10 @@ class Chrony:
 
 
 def reply(request, now, stratum=2, leap=0, version=4, mode=4, refid=b"HOST", origin=None,
-          receive=None, transmit=None):
+          receive=None, transmit=None, root_delay=0.0, root_disp=0.0):
     """A server reply to `request` with the host clock `now`; keywords make it bad."""
     head = struct.pack(">BBbb", leap << 6 | version << 3 | mode, stratum, 6, -20)
-    head += struct.pack(">II", 0, 0) + refid
+    head += struct.pack(">iI", int(root_delay * 65536), int(root_disp * 65536)) + refid
     return (head + ntp_stamp(now - 16) + (request[40:48] if origin is None else origin)
             + (ntp_stamp(now) if receive is None else receive)
             + (ntp_stamp(now + 0.00001) if transmit is None else transmit))
@@ -138,6 +141,8 @@ BEHAVIOURS = {
     "past": lambda req, now: reply(req, now - 30 * 365 * 86400),
     "future": lambda req, now: reply(req, now + 60 * 365 * 86400),
     "other_port": lambda req, now: reply(req, now),
+    # RFC 5905 root distance = root delay / 2 + root dispersion = 1.0 + 0.6 s, over 1.5 s
+    "far_root": lambda req, now: reply(req, now, root_delay=2.0, root_disp=0.6),
 }
 
 
