@@ -158,9 +158,11 @@ def make_context(cfg, store):
     if cfg.get("identity"):
         identity = (read(cfg["identity"][0]), read(cfg["identity"][1]))
     trust = tlsguard.TrustStore(cfg["bundle"]) if cfg.get("bundle") else None
+    from tlsguard.timesync import DEFAULT_SERVERS
+    # Several independent servers: a step past a pin expiry needs two of them to agree.
     return tlsguard.SecureContext(cadata=read(cfg["ca"]) if cfg.get("ca") else None, trust=trust,
                                   pins=cfg.get("pins"), identity=identity, store=store,
-                                  time_servers=cfg.get("time_servers"))
+                                  time_servers=cfg.get("time_servers") or DEFAULT_SERVERS)
 
 
 def show_peer(sock, host, port):

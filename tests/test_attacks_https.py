@@ -193,6 +193,8 @@ HOSTILE = {
     "endless_status": (b"HTTP/1.1 200 " + b"b" * 200000, "response line over 2048 bytes from "),
     "header_flood": (b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 100 + b"Content-Length: 0\r\n\r\n",
                      "more than 64 headers from "),
+    "header_bytes": (b"HTTP/1.1 200 OK\r\n" + (b"X-A: " + b"v" * 2000 + b"\r\n") * 40 + b"\r\n",
+                     "response headers over 8192 bytes from "),
     "negative_chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n",
                        "bad chunk size b'-5' from "),
     "garbage_chunk": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",

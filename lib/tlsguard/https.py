@@ -11,6 +11,7 @@ from tlsguard.context import connect
 _CHUNK = 512
 _MAX_LINE = 2048
 _MAX_HEADERS = 64
+_MAX_HEAD = 8192  # all header lines together: 64 lines of 2 KB would not fit a small heap
 _REDIRECTS = (301, 302, 303, 307, 308)
 # Never sent to an origin other than the one the caller named.
 _CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
@@ -71,10 +72,14 @@ class Response:
         self.status_code = int(parts[1])
         self.reason = parts[2].strip().decode() if len(parts) > 2 else ""
         lengths = []
+        total = 0
         for _ in range(_MAX_HEADERS + 1):
             line = self._line()
             if not line.strip():
                 break
+            total += len(line)
+            if total > _MAX_HEAD:
+                raise HTTPError("response headers over %d bytes from %s" % (_MAX_HEAD, url))
             name, sep, value = line.partition(b":")
             if not sep or not name or name != name.strip():
                 raise HTTPError("malformed header line from %s: %r" % (url, line[:60]))
