@@ -352,3 +352,79 @@ emit({"state": state(st), "report": st.report, "min": st.min_version})
     assert r["state"]["version"] is None and r["state"]["status"] == "broken"
     assert r["report"] == ["version 3: 2.roots (roots) does not match its SHA-256 in the manifest",
                            "no intact credential set is left"]
+
+
+# ---- through the broker: what any MQTT client that may publish to the topic can send ----------
+
+from mqtt_broker import broker, broker_pki, fleet, read, subscriber  # noqa: E402,F401 (fixtures)
+from conftest import LIB, MICROPYTHON, ROOT  # noqa: E402
+
+
+class Lines:
+    """A process's output lines, collected by a thread; wait_for(pred) waits until it holds."""
+
+    def __init__(self, proc):
+        import threading
+        self.proc = proc
+        self.lines = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, pred, timeout=60):
+        import time
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if pred("".join(self.lines)):
+                return True
+            time.sleep(0.05)
+        return pred("".join(self.lines))
+
+
+def test_broker_client_cannot_replace_credentials(tmp_path, broker, broker_pki, fleet, subscriber):
+    """main.py as shipped, with a package key: a broker client publishes an unsigned package, one
+    signed with another key, one for another device and a malformed one. Each is refused with its
+    reason, the device keeps running on its configured credentials, and the store stays empty."""
+    import subprocess
+    board = tmp_path / "board"
+    (board / "certs").mkdir(parents=True)
+    (board / "certs" / "ca.der").write_bytes(broker_pki[0].der)
+    (board / "certs" / "device.crt").write_bytes(read(fleet.device[0]))
+    (board / "certs" / "device.key").write_bytes(read(fleet.device[1]))
+    (board / "config.json").write_text(json.dumps({
+        "device_id": DEVICE, "broker": {"host": "localhost", "port": broker.port}, "ca": "certs/ca.der",
+        "identity": ["certs/device.crt", "certs/device.key"], "store": "store", "package_key": KEY.hex(),
+        "interval": 0.2, "messages": 0, "max_failures": 3}))
+    telemetry = subscriber("devices/sensor-1/telemetry")
+    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (LIB, ROOT))
+    proc = subprocess.Popen([MICROPYTHON, "-c", "import main; main.main()"], cwd=str(board), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = Lines(proc)
+        assert telemetry.wait_for(1, 30), "".join(out.lines)
+        files, remove = [("roots", pki.CA("attacker root").der)], ["pins"]
+        for blob in (packages.build(5, files, remove=remove, device=DEVICE),
+                     packages.build(5, files, key=b"a key the attacker made up 0123", remove=remove, device=DEVICE),
+                     packages.build(5, files, key=KEY, remove=remove, device="sensor-2"),
+                     packages.build(5, [], key=KEY, header={"version": 5, "device": DEVICE, "files": 7})):
+            telemetry.publish("devices/sensor-1/credentials", blob)
+        assert out.wait_for(lambda text: text.count("main: credential package refused") == 4), "".join(out.lines)
+        n = len(telemetry.wait_for(1, 1))
+        assert len(telemetry.wait_for(n + 2, 30)) >= n + 2  # still sending, on its configured credentials
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    text = "".join(out.lines)
+    refused = [line.split("refused: ", 1)[1].strip() for line in text.splitlines() if "package refused" in line]
+    sig = ("bad_signature: package signature does not verify with this device's key "
+           "(tampered, truncated, unsigned or made for another device)")
+    assert refused == [sig, sig, "wrong_device: the package is for device 'sensor-2', this is 'sensor-1'",
+                       "bad_package: files and remove must be lists"], text
+    assert "activated" not in text and "Traceback" not in text
+    got = [json.loads(p) for _, p in telemetry.wait_for(1, 1)]
+    assert {m["credentials"] for m in got} == {0}
+    assert [f for f in os.listdir(board / "store") if f[0].isdigit()] == []
