@@ -12,6 +12,8 @@ import sysconfig
 import threading
 import time
 
+import pytest
+
 from servers import stop_process
 
 NTP_1970 = 2208988800
@@ -282,3 +284,26 @@ class ClockObserver:
 
     def close(self):
         self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def chrony(tmp_path_factory):
+    """chronyd for the tests of one module (import this fixture into the module)."""
+    c = Chrony(tmp_path_factory.mktemp("chrony"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def hostile():
+    """hostile(behaviour, **kw) -> a HostileNTP; all closed after the test."""
+    started = []
+
+    def start(behaviour="good", **kw):
+        s = HostileNTP(behaviour, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()

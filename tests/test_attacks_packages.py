@@ -13,18 +13,17 @@ import pytest
 import packages
 import pki
 from conftest import pyrepr
+from test_store import PRE as STORE_PRE
 
 KEY = b"sensor-1 package key 0123456789"
 DEVICE = "sensor-1"
 
-PRE = """
-import os, json, tlsguard
-from tlsguard.store import CredentialStore, StoreError
+# test_store's attempt(), and any other exception reported as the failure it is.
+PRE = STORE_PRE + """
+store_attempt = attempt
 def attempt(fn, *a, **kw):
     try:
-        return {"ok": True, "value": fn(*a, **kw)}
-    except StoreError as e:
-        return {"ok": False, "kind": e.kind, "msg": str(e)}
+        return store_attempt(fn, *a, **kw)
     except Exception as e:
         return {"ok": False, "kind": "NOT A StoreError: " + type(e).__name__, "msg": str(e)}
 def state(st):
@@ -163,13 +162,9 @@ MALFORMED_HEADERS = {
 }
 
 
-def test_malformed_headers_are_store_errors(mpy, roots):
-    before = seed(mpy, roots)
-    names = []
-    for name, (header, _) in sorted(MALFORMED_HEADERS.items()):
-        write(mpy, name + ".pkg", packages.build(2, [], key=KEY, header=header))
-        names.append(name)
-    r = run(mpy, """
+def apply_each(mpy, names):
+    """{name: attempt(apply(name.pkg)), "state": the store after them all}."""
+    return run(mpy, """
 st = CredentialStore("certs")
 out = {}
 for n in %r:
@@ -177,6 +172,15 @@ for n in %r:
 out["state"] = state(st)
 emit(out)
 """ % (names, KEY, DEVICE))
+
+
+def test_malformed_headers_are_store_errors(mpy, roots):
+    before = seed(mpy, roots)
+    names = []
+    for name, (header, _) in sorted(MALFORMED_HEADERS.items()):
+        write(mpy, name + ".pkg", packages.build(2, [], key=KEY, header=header))
+        names.append(name)
+    r = apply_each(mpy, names)
     for name, (_, msg) in MALFORMED_HEADERS.items():
         assert r[name]["msg"].startswith(msg), (name, r[name])
     assert r["state"] == before
@@ -207,14 +211,7 @@ def test_malformed_contents_are_store_errors(mpy, roots):
                             "bad_package: the private key does not decrypt (bad padding)")
     for name, (blob, _) in cases.items():
         write(mpy, name + ".pkg", blob)
-    r = run(mpy, """
-st = CredentialStore("certs")
-out = {}
-for n in %r:
-    out[n] = attempt(st.apply, n + ".pkg", key=%r, device=%r)
-out["state"] = state(st)
-emit(out)
-""" % (sorted(cases), KEY, DEVICE))
+    r = apply_each(mpy, sorted(cases))
     for name, (_, msg) in cases.items():
         assert not r[name]["ok"] and r[name]["msg"].startswith(msg), (name, r[name])
     assert r["state"] == before

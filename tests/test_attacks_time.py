@@ -14,6 +14,7 @@ import time
 import pytest
 
 import ntp_servers
+from ntp_servers import chrony, hostile  # noqa: F401 (fixtures)
 import pki
 from conftest import pyrepr
 
@@ -41,27 +42,6 @@ def connect(port, **kw):
         return line
     return attempt(go)
 """
-
-
-@pytest.fixture(scope="module")
-def chrony(tmp_path_factory):
-    c = ntp_servers.Chrony(tmp_path_factory.mktemp("chrony"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def ntp():
-    started = []
-
-    def start(behaviour="good", **kw):
-        s = ntp_servers.HostileNTP(behaviour, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
 
 
 def floor_file(folder, secs, damage=False):
@@ -94,11 +74,11 @@ def untouched(r, start=JAN_2000):
         assert start <= r["after"] < start + 60, r
 
 
-def test_one_liar_cannot_switch_pins_off(mpy, tmp_path, ntp, chrony, serve, root_ca):
+def test_one_liar_cannot_switch_pins_off(mpy, tmp_path, hostile, chrony, serve, root_ca):
     """Pins that expire in 30 days; the liar says it is 60 days from now, where they would no
     longer be enforced and the attacker's CA-valid, unpinned certificate would be accepted."""
     attacker = serve(root_ca.issue())
-    liar = ntp(shift=60 * DAY)
+    liar = hostile(shift=60 * DAY)
     expires = int(time.time()) + 30 * DAY
     pins = "{'localhost': tlsguard.PinSet(['sha256/%s=', 'sha256/%s='], expires=%d)}" % ("A" * 43, "B" * 43, expires)
     body = "emit(connect(%d, cadata=%s, pins=%s, time_servers=%r, time_options={'timeout': 0.3}))\n"
@@ -110,7 +90,7 @@ def test_one_liar_cannot_switch_pins_off(mpy, tmp_path, ntp, chrony, serve, root
                                       % date), r
     assert attacker.handshakes == 0
     # With honest servers beside the liar, the clock is set from them and the pins hold.
-    honest = ntp()
+    honest = hostile()
     env = ntp_servers.faketime_env(tmp_path)
     r = mpy.value(PRELUDE + body % (attacker.port, pyrepr(root_ca.der), pins,
                                     servers(liar.port, chrony.port, honest.port)), env=env)
@@ -125,9 +105,9 @@ def revived_server(serve):
     return ca, serve(ca.issue(not_before=pki.NOW - 60 * pki.DAY, not_after=pki.NOW - 10 * pki.DAY))
 
 
-def test_persisted_floor_stops_reviving_an_expired_certificate(mpy, tmp_path, ntp, serve):
+def test_persisted_floor_stops_reviving_an_expired_certificate(mpy, tmp_path, hostile, serve):
     ca, attacker = revived_server(serve)
-    liar = ntp(shift=-20 * DAY)  # when the expired certificate was still valid
+    liar = hostile(shift=-20 * DAY)  # when the expired certificate was still valid
     body = "emit(connect(%d, cadata=%s, time_servers=%r, time_options={'timeout': 0.3}))\n" % (
         attacker.port, pyrepr(ca.der), servers(liar.port))
     floor = int(time.time()) - DAY  # last known good time: yesterday
@@ -146,8 +126,8 @@ def test_persisted_floor_stops_reviving_an_expired_certificate(mpy, tmp_path, nt
     assert r["ok"] and r["value"] == "echo:ping\n", r
 
 
-def test_damaged_floor_file_falls_back_to_the_build_floor(mpy, tmp_path, ntp):
-    honest = ntp()
+def test_damaged_floor_file_falls_back_to_the_build_floor(mpy, tmp_path, hostile):
+    honest = hostile()
     floor_file(mpy.cwd, int(time.time()) - DAY, damage=True)
     body = "emit([floor.persisted(), tlsguard.clock_floor(), attempt(tlsguard.sync_time, %r, timeout=0.3)])\n" % (
         servers(honest.port),)
@@ -163,14 +143,14 @@ def test_damaged_floor_file_falls_back_to_the_build_floor(mpy, tmp_path, ntp):
         assert mpy.value(PRELUDE + "emit(tlsguard.clock_floor())\n") == 1793491200
 
 
-def test_floor_rises_from_agreeing_servers_and_holds_next_boot(mpy, tmp_path, ntp, chrony):
-    honest = ntp()
+def test_floor_rises_from_agreeing_servers_and_holds_next_boot(mpy, tmp_path, hostile, chrony):
+    honest = hostile()
     r = mpy.value(PRELUDE + "emit(attempt(tlsguard.sync_time, %r, combine=2))\n" % (servers(chrony.port, honest.port),),
                   env=ntp_servers.faketime_env(tmp_path))
     assert r["ok"], r
     assert abs(read_floor(mpy.cwd) - time.time()) < 5
     # Next boot, clock at 2000 again: a liar claiming last month is below the floor.
-    liar = ntp(shift=-30 * DAY)
+    liar = hostile(shift=-30 * DAY)
     r = mpy.value(PRELUDE + "emit(attempt(tlsguard.sync_time, %r, timeout=0.3))\n" % (servers(liar.port),),
                   env=ntp_servers.faketime_env(tmp_path))
     untouched(r)
@@ -188,8 +168,8 @@ def now_env(tmp_path, shift=0):
     return ntp_servers.faketime_env(tmp_path, when.strftime("%Y-%m-%d %H:%M:%S"))
 
 
-def test_one_liar_cannot_step_a_sane_clock_far(mpy, tmp_path, ntp):
-    liar = ntp(shift=-20 * DAY)
+def test_one_liar_cannot_step_a_sane_clock_far(mpy, tmp_path, hostile):
+    liar = hostile(shift=-20 * DAY)
     body = """
 p = timesync.ClockPolicy(%r, resync=1, timeout=0.3)
 p.before_handshake()
@@ -207,8 +187,8 @@ emit([attempt(p.before_handshake), attempt(tlsguard.sync_time, %r, timeout=0.3)]
     assert not direct["ok"] and abs(direct["after"] - time.time()) < 5
 
 
-def test_one_liar_refused_for_a_sane_clock_step(mpy, tmp_path, ntp):
-    liar = ntp(shift=20 * DAY)
+def test_one_liar_refused_for_a_sane_clock_step(mpy, tmp_path, hostile):
+    liar = hostile(shift=20 * DAY)
     r = mpy.value(PRELUDE + "emit(attempt(tlsguard.sync_time, %r, timeout=0.3))\n" % (servers(liar.port),),
                   env=now_env(tmp_path))
     untouched(r, start=None)
@@ -217,8 +197,8 @@ def test_one_liar_refused_for_a_sane_clock_step(mpy, tmp_path, ntp):
                                            "to agree; 1 did")
 
 
-def test_root_distance_over_limit_refused(mpy, tmp_path, ntp):
-    far = ntp("far_root")
+def test_root_distance_over_limit_refused(mpy, tmp_path, hostile):
+    far = hostile("far_root")
     r = mpy.value(PRELUDE + "emit(attempt(tlsguard.sync_time, %r, timeout=0.3, attempts=1))\n" % (servers(far.port),),
                   env=ntp_servers.faketime_env(tmp_path))
     untouched(r)
@@ -226,8 +206,8 @@ def test_root_distance_over_limit_refused(mpy, tmp_path, ntp):
         "root distance 1.600 s is over 1.5 s (RFC 5905: root delay / 2 + root dispersion)"
 
 
-def test_resync_is_scheduled_when_the_clock_was_sane(mpy, tmp_path, ntp):
-    honest = ntp()
+def test_resync_is_scheduled_when_the_clock_was_sane(mpy, tmp_path, hostile):
+    honest = hostile()
     body = """
 p = timesync.ClockPolicy(%r, resync=1)
 p.before_handshake()
@@ -242,13 +222,13 @@ emit(scheduled)
     assert len(honest.requests) == 1  # no query at the first call (sane clock), one at the resync
 
 
-def test_verified_certificate_raises_the_floor(mpy, tmp_path, ntp, serve, root_ca):
+def test_verified_certificate_raises_the_floor(mpy, tmp_path, hostile, serve, root_ca):
     """Authenticated evidence: the notBefore of a certificate that verified is a lower bound on now."""
     srv = serve(root_ca.issue(not_before=pki.NOW - 2 * pki.DAY))
     r = mpy.value(PRELUDE + "emit(connect(%d, cadata=%s))\n" % (srv.port, pyrepr(root_ca.der)))
     assert r["ok"], r
     assert read_floor(mpy.cwd) == int((pki.NOW - 2 * pki.DAY).timestamp())
-    liar = ntp(shift=-10 * DAY)
+    liar = hostile(shift=-10 * DAY)
     r = mpy.value(PRELUDE + "emit(attempt(tlsguard.sync_time, %r, timeout=0.3))\n" % (servers(liar.port),),
                   env=ntp_servers.faketime_env(tmp_path))
     untouched(r)

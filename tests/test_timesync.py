@@ -8,6 +8,7 @@ import time
 import pytest
 
 import ntp_servers
+from ntp_servers import chrony, hostile  # noqa: F401 (fixtures)
 import pki
 from conftest import pyrepr
 
@@ -47,27 +48,6 @@ def bracket(port, n=5):
     s.close()
     return out
 """
-
-
-@pytest.fixture(scope="module")
-def chrony(tmp_path_factory):
-    c = ntp_servers.Chrony(tmp_path_factory.mktemp("chrony"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def hostile():
-    started = []
-
-    def start(behaviour="good", **kw):
-        s = ntp_servers.HostileNTP(behaviour, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
 
 
 @pytest.fixture
