@@ -425,3 +425,20 @@ def test_broker_client_cannot_replace_credentials(tmp_path, broker, broker_pki, 
     got = [json.loads(p) for _, p in telemetry.wait_for(1, 1)]
     assert {m["credentials"] for m in got} == {0}
     assert [f for f in os.listdir(board / "store") if f[0].isdigit()] == []
+
+
+def test_example_firmware_accepts_no_update_without_a_package_key(mpy):
+    """main.py never calls apply() without a key: no key, a short one or bad hex switch updates off."""
+    r = mpy.run("""
+import sys
+sys.path.append(%r)
+import main
+keys = [main.package_key(c) for c in ({"store": "store"}, {"store": "store", "package_key": "00" * 15},
+                                     {"store": "store", "package_key": "zz"}, {"package_key": "00" * 16},
+                                     {"store": "store", "package_key": "00" * 16})]
+emit([None if k is None else len(k) for k in keys])
+""" % ROOT)
+    assert r.returncode == 0, r.output
+    assert r.value == [None, None, None, None, 16]
+    assert r.stdout.count("main: credential updates disabled: config.json needs package_key, at least 16 bytes "
+                          "as hex") == 3
