@@ -55,6 +55,10 @@ def test_package_applied_on_device_and_used_for_mtls(tmp_path, mpy, serve):
         from cryptography.hazmat.primitives.serialization import load_pem_private_key, Encoding, PrivateFormat, NoEncryption
         key_der = load_pem_private_key(keys[version], None).private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
         assert keys[version] not in blob and key_der not in blob  # never in clear
+    r = tlsguard("package", "--version", "9", "--out", str(tmp_path / "clear.pkg"), "--device", "sensor-1",
+                 "--unsigned", "--identity", "--ca-dir", ca)
+    assert r.returncode == 2 and "an unsigned package cannot carry a private key: give --key-file" in r.stderr
+    assert not (tmp_path / "clear.pkg").exists()
     client_ca = _write(tmp_path, "clients.pem", (ca / "issuing.crt").read_bytes() + (ca / "root.crt").read_bytes())
     srv = serve(server_root.issue(), client_ca=client_ca)
     key = bytes.fromhex(KEY)
