@@ -143,11 +143,13 @@ def test_damaged_floor_file_falls_back_to_the_build_floor(mpy, tmp_path, hostile
         assert mpy.value(PRELUDE + "emit(tlsguard.clock_floor())\n") == 1793491200
 
 
-def test_floor_rises_from_agreeing_servers_and_holds_next_boot(mpy, tmp_path, hostile, chrony):
+def test_floor_rises_after_an_agreed_sync_and_a_verified_handshake(mpy, tmp_path, hostile, chrony, serve, root_ca):
+    srv = serve(root_ca.issue())  # valid since a day ago
     honest = hostile()
-    r = mpy.value(PRELUDE + "emit(attempt(tlsguard.sync_time, %r, combine=2))\n" % (servers(chrony.port, honest.port),),
-                  env=ntp_servers.faketime_env(tmp_path))
-    assert r["ok"], r
+    body = "emit([attempt(tlsguard.sync_time, %r, combine=2), connect(%d, cadata=%s)])\n" % (
+        servers(chrony.port, honest.port), srv.port, pyrepr(root_ca.der))
+    synced, connected = mpy.value(PRELUDE + body, env=ntp_servers.faketime_env(tmp_path))
+    assert synced["ok"] and connected["ok"], (synced, connected)
     assert abs(read_floor(mpy.cwd) - time.time()) < 5
     # Next boot, clock at 2000 again: a liar claiming last month is below the floor.
     liar = hostile(shift=-30 * DAY)
@@ -155,11 +157,27 @@ def test_floor_rises_from_agreeing_servers_and_holds_next_boot(mpy, tmp_path, ho
                   env=ntp_servers.faketime_env(tmp_path))
     untouched(r)
     assert "is before the clock floor" in r["reasons"]["127.0.0.1:%d" % liar.port]
-    # One server alone (agreeing with nobody) does not raise the floor.
+    # One server alone (agreeing with nobody): only the certificate's notBefore is persisted.
     os.remove(os.path.join(mpy.cwd, "tlsguard.floor"))
-    r = mpy.value(PRELUDE + "emit(attempt(tlsguard.sync_time, %r))\n" % (servers(honest.port),),
-                  env=ntp_servers.faketime_env(tmp_path))
-    assert r["ok"], r
+    body = "emit([attempt(tlsguard.sync_time, %r), connect(%d, cadata=%s)])\n" % (
+        servers(hostile().port), srv.port, pyrepr(root_ca.der))
+    synced, connected = mpy.value(PRELUDE + body, env=ntp_servers.faketime_env(tmp_path))
+    assert synced["ok"] and connected["ok"], (synced, connected)
+    assert read_floor(mpy.cwd) == int((pki.NOW - pki.DAY).timestamp())
+
+
+def test_forward_time_from_every_server_is_not_persisted(mpy, tmp_path, hostile, serve, root_ca):
+    """An attacker answering for every server agrees with itself on two years ahead: the clock
+    moves (no pins expire), every certificate looks expired, and since no server's certificate
+    verifies at that time, the floor is not raised to it: honest time is accepted again later."""
+    srv = serve(root_ca.issue())
+    liars = [hostile(shift=730 * DAY) for _ in range(2)]
+    body = "emit([attempt(tlsguard.sync_time, %r, combine=2), connect(%d, cadata=%s)])\n" % (
+        servers(*[l.port for l in liars]), srv.port, pyrepr(root_ca.der))
+    synced, connected = mpy.value(PRELUDE + body, env=ntp_servers.faketime_env(tmp_path))
+    assert synced["ok"] and abs(synced["after"] - time.time() - 730 * DAY) < 60, synced
+    assert not connected["ok"] and connected["kind"] == "expired", connected
+    assert srv.handshakes == 0
     assert not os.path.exists(os.path.join(mpy.cwd, "tlsguard.floor"))
 
 

@@ -221,7 +221,7 @@ class SecureContext:
             self._policy.verified(hs)
         if self.mode == "verify":
             from tlsguard import floor
-            floor.evidence(hs.leaf())
+            floor.evidence(hs.leaf(), platform.now())
 
 
 def _tcp(host, port, ai, timeout):

@@ -1,7 +1,9 @@
 """The persisted clock floor: the last known good time, kept in a small file on flash. It rises
-from syncs that independent servers agreed on, from the running clock after such a sync (at most
-one write per STEP), and from authenticated evidence (a verified server certificate's notBefore);
-it never falls. A missing or damaged file counts as no floor (the build floor still holds)."""
+only after a verified handshake (mode verify), at most once per STEP: to the server
+certificate's notBefore (a lower bound on now that no NTP server can forge), and to the clock
+itself when independent servers agreed on it. A clock that no server accepts (pushed past the
+certificates' notAfter) is never persisted. It never falls; a missing or damaged file counts
+as no floor (the build floor still holds)."""
 import hashlib
 
 PATH = "tlsguard.floor"
@@ -69,25 +71,17 @@ def vouch():
     _vouched = True
 
 
-def tick(now):
-    """Called before handshakes: raise the floor from a clock that agreeing servers set."""
-    if _vouched:
-        raise_to(now)
-
-
 _evidence_at = None
 
 
-def evidence(leaf):
-    """After a verified handshake: the leaf's notBefore (DER `leaf`) is a lower bound on now
-    that no NTP server can forge. Read at most once per STEP of device time (it costs a partial
-    certificate walk)."""
+def evidence(leaf, now_secs):
+    """After a verified handshake with the clock at `now_secs` (since 1970): the leaf's notBefore
+    (DER `leaf`) is a lower bound on now; the clock is one too if agreeing servers set it (and
+    the server's certificate was valid at it). At most once per STEP of device time."""
     global _evidence_at
-    import time
-    now = time.time()
-    if leaf is None or (_evidence_at is not None and 0 <= now - _evidence_at < STEP):
+    if leaf is None or (_evidence_at is not None and 0 <= now_secs - _evidence_at < STEP):
         return
-    _evidence_at = now
+    _evidence_at = now_secs
     from tlsguard import der
     from tlsguard.x509 import _time
     try:
@@ -99,6 +93,6 @@ def evidence(leaf):
         for _ in range(3):  # serialNumber, signature, issuer
             pos = der.item(leaf, pos, te)[2]
         vs, ve = der.expect(leaf, pos, te, 0x30, "validity")
-        raise_to(_time(leaf, vs, ve)[0])
+        raise_to(now_secs if _vouched else _time(leaf, vs, ve)[0])
     except ValueError:
         pass

@@ -357,7 +357,7 @@ class TimeSync:
 
     def sync(self, expires=()):
         """Query, then step the clock by the agreed offset; returns the offset in seconds. A sync
-        that independent servers agreed on raises the persisted floor."""
+        that independent servers agreed on may raise the persisted floor (see floor.py)."""
         best, elapsed, agreeing = self.query(expires)
         floor_us = self.floor() * _S
         before = clock.now_us()
@@ -376,8 +376,7 @@ class TimeSync:
             if s.not_before is not None:
                 s.not_before += shift
         if agreeing >= self.quorum:
-            _floor.vouch()
-            _floor.raise_to(target // _S)
+            _floor.vouch()  # persisted at the next verified handshake (floor.evidence)
         self.last = {"offset": best.offset / _S, "delay": best.delay / _S, "server": best.server.label,
                      "stratum": best.stratum, "elapsed_ms": elapsed, "jump": jump, "agreeing": agreeing}
         return best.offset / _S
@@ -444,4 +443,3 @@ class ClockPolicy:
                 # The clock is sane already: keep it and try again later.
                 print("tlsguard: resync failed, clock kept: %s" % e.detail)
             self._schedule()
-        _floor.tick(clock.now_us() // _S)
