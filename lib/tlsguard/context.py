@@ -181,7 +181,8 @@ class SecureContext:
         try:
             host, ip = _host(server_hostname, self.mode)
             if self.clock:
-                self.clock.before_handshake()
+                # The pins' expiry dates bound what one time server may do to the clock.
+                self.clock.before_handshake(self.pins)
             self._sync_store()
             pinset = self._pinset(host)
             if self.mode == "pin_only" and pinset is None:
@@ -241,6 +242,9 @@ class SecureContext:
             self._pin_cas.verified(hs)
         elif self._policy is not None and self.mode == "verify" and hs.anchors:
             self._policy.verified(hs)
+        if self.mode == "verify":
+            from tlsguard import floor
+            floor.evidence(hs.leaf(), platform.now())
 
 
 def _host(name, mode):
