@@ -180,10 +180,11 @@ class SecureContext:
             raise ValueError("SecureContext is client-side only")
         try:
             host, ip = _host(server_hostname, self.mode)
-            if self.clock:
-                # The pins' expiry dates bound what one time server may do to the clock.
-                self.clock.before_handshake(self.pins)
             self._sync_store()
+            if self.clock:
+                # The pins' expiry dates (the store's included) bound what one time server may do
+                # to the clock.
+                self.clock.before_handshake(self.pins)
             pinset = self._pinset(host)
             if self.mode == "pin_only" and pinset is None:
                 raise ValueError("pin_only mode needs a pin set for %r" % host)
