@@ -491,6 +491,15 @@ class CredentialStore:
         self._note("version %d confirmed" % self.version)
         return True
 
+    def retire_previous(self):
+        """Forget the previous set and delete its files (after a key renewal the old key must
+        not stay on flash). Not while the active set is on trial: it is the way back."""
+        if self._trial:
+            raise StoreError("on_trial", "version %d is on trial: confirm() it first" % self.version)
+        if len(self._sets) > 1:
+            self._commit(self._sets[:1], False)
+            self._note("previous set deleted")
+
     def rollback(self, reason="requested"):
         """Return to the previous set; the abandoned version can never be staged again."""
         if len(self._sets) < 2:
