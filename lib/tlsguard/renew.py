@@ -82,6 +82,7 @@ def _install(store, chain, key):
     from tlsguard.store import StoreError
     try:
         store.stage(store.highest_version + 1, identity=(_pem(chain), key.der()))
+        store.activate()
     except OSError as e:
         store.discard()
         if e.args and e.args[0] == 28:  # ENOSPC
@@ -90,7 +91,6 @@ def _install(store, chain, key):
         raise ESTError("store", "writing the new identity to %s failed: %r" % (store.path, e))
     except StoreError as e:
         raise ESTError("store", "the credential store refused the new identity: %s" % e)
-    store.activate()
 
 
 def _confirm(est, store, url):

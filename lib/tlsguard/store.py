@@ -473,9 +473,15 @@ class CredentialStore:
         if self._staged is None:
             raise StoreError("nothing_staged", "stage() a set before activate()")
         new, self._staged = self._staged, None
-        self._high = new["version"]
+        high, self._high = self._high, new["version"]
         trial = bool(self._sets)
-        self._commit([new] + self._sets[:1], trial)
+        try:
+            self._commit([new] + self._sets[:1], trial)
+        except Exception:
+            # Nothing switched (a full flash, say): the set stays staged, for discard() or a retry.
+            self._staged, self._high = new, high
+            _remove(_join(self.path, _NEXT))
+            raise
         if trial:
             _ACTIVATED[self.path] = True
         self._note("version %d activated%s" % (new["version"], " (on trial)" if trial else ""))
