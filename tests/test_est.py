@@ -34,7 +34,9 @@ from tlsguard import renew
 cfg = _json.load(open("est.json"))
 store = CredentialStore("certs")
 if store.version == 0:
-    store.stage(1, roots=[open("root.der", "rb").read()])
+    fac = cfg.get("factory")  # a factory identity (certificate, key) DER in hex
+    store.stage(1, roots=[open("root.der", "rb").read()],
+                identity=(binascii.unhexlify(fac[0]), binascii.unhexlify(fac[1])) if fac else None)
     store.activate()
 est = EST(cfg["url"], tlsguard.SecureContext(store=store), secret=cfg.get("secret"))
 out = {"ok": True}
@@ -152,6 +154,43 @@ def test_enroll_with_a_secret_then_renew(fleet, est_server, device, tmp_path):
     assert "simplereenroll dev-1 (certificate): issued" in srv.log()
     # The confirmation was a mutual-TLS connection the server accepted with the new certificate.
     assert srv.log().count("handshake failed") == 0
+
+
+def test_enroll_with_a_factory_identity(fleet, est_server, device, tmp_path):
+    """No secret: the device's factory certificate (another CA, named by --factory-ca) is its
+    authentication over mutual TLS, and its CN the device id."""
+    factory = pki.CA("tlsguard test factory")
+    (tmp_path / "factory.pem").write_bytes(factory.pem)
+    ident = factory.issue(hosts=(), cn="dev-f", client=True, server=False)
+    srv = est_server("--allow", "{id}", "--factory-ca", str(tmp_path / "factory.pem"))
+    r = device("enroll", srv.url, cn="dev-f", factory=[ident.der.hex(), ident.key_der.hex()])
+    assert r["ok"], r
+    assert cert_of(r).subject.rfc4514_string() == "CN=dev-f,O=tlsguard fleet"
+    assert "simpleenroll dev-f (certificate): issued" in srv.log()
+    # A factory certificate does not let a device ask for another device's name.
+    r = device("enroll", srv.url, cn="dev-g")
+    assert r["kind"] == "refused" and "this device may only ask for 'dev-f'" in r["detail"]
+
+
+def test_curl_enrolls_and_openssl_reads_the_reply(fleet, est_server, tmp_path):
+    """The server speaks plain RFC 7030: curl posts a base64 PKCS#10, openssl reads the PKCS#7."""
+    srv = est_server()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "dev-c")]))
+           .sign(key, hashes.SHA256()))
+    (tmp_path / "req.b64").write_bytes(binascii.b2a_base64(csr.public_bytes(serialization.Encoding.DER)))
+    cmd = ["curl", "-sS", "--fail-with-body", "--cacert", str(fleet / "pki" / "root.crt"),
+           "-H", "Content-Type: application/pkcs10", "--data-binary", "@" + str(tmp_path / "req.b64"),
+           srv.url + "/.well-known/est/simpleenroll"]
+    r = subprocess.run(cmd + ["-H", "Authorization: Bearer " + secret(fleet, "dev-c")], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    p7 = subprocess.run("base64 -d | openssl pkcs7 -inform DER -print_certs", shell=True, input=r.stdout,
+                        capture_output=True)
+    assert p7.returncode == 0 and b"subject=O = tlsguard fleet, CN = dev-c" in p7.stdout, p7.stderr
+    assert b"Issuing CA" in p7.stdout
+    r = subprocess.run(cmd + ["-H", "Authorization: Bearer wrong"], capture_output=True)
+    assert b"unknown, used or expired enrollment secret" in r.stdout
 
 
 def test_a_secret_is_good_once(fleet, est_server, device, tmp_path):
