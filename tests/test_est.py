@@ -344,3 +344,64 @@ def test_flash_full(fleet, est_server, mpy, tmp_path):
     assert "no room on flash to stage the new key and certificate; the current identity is kept" in r["detail"]
     assert r["version"] == 2 and r["same"]
     assert [f for f in r["files"] if f.endswith(".key")] == ["2.key"]
+
+
+def readme_example(name):
+    text = open(os.path.join(LIB, "..", "README.md")).read()
+    block = text.split("<!-- example: %s -->\n```python\n" % name, 1)[1]
+    return block.split("```", 1)[0]
+
+
+def test_readme_example_enrolls_then_renews_when_due(fleet, est_server, mpy, tmp_path):
+    srv = est_server()
+    root = x509.load_pem_x509_certificate((fleet / "pki" / "root.crt").read_bytes())
+    code = (readme_example("est").replace("https://ca.example.com:8443", srv.url)
+            .replace("one-time-secret", secret(fleet, "sensor-12")))
+    setup = """
+store = tlsguard.CredentialStore("certs")
+store.stage(1, roots=[%r])
+store.activate()
+""" % root.public_bytes(serialization.Encoding.DER)
+    report = "\nimport os\nemit([store.version, sorted(os.listdir('certs'))])\n"
+    assert mpy.value("import tlsguard\n" + setup + code + report) == [2, ["1.roots", "2.crt", "2.key", "manifest.json"]]
+    # Run again at once: the certificate is new, nothing is due.
+    assert mpy.value(code + report)[0] == 2
+    # 25 days on (of 30), it is due: a new key and certificate, the old key gone.
+    import datetime
+    later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=25)).strftime("%Y-%m-%d %H:%M:%S")
+    assert mpy.value(code + report, env=faketime_env(tmp_path, later)) == [3, ["1.roots", "3.crt", "3.key", "manifest.json"]]
+    assert "simplereenroll sensor-12 (certificate): issued" in srv.log()
+
+
+RENEWAL = """
+from tlsguard.renew import RenewalPolicy
+from tlsguard.x509 import Certificate
+certs = [Certificate(open("c%d.der" % i, "rb").read()) for i in range(12)]
+pol = RenewalPolicy(percent=33, jitter=10)
+emit([[c.not_valid_before, c.not_valid_after, pol.renew_at(c), pol.due(c, pol.renew_at(c) - 1),
+       pol.due(c, pol.renew_at(c))] for c in certs])
+"""
+
+
+def test_renewal_policy_window_and_jitter(mpy, tmp_path, root_ca):
+    for i in range(12):
+        (tmp_path / ("c%d.der" % i)).write_bytes(root_ca.issue(hosts=("dev",)).der)
+    rows = mpy.value(RENEWAL)
+    for nb, na, at, before, after in rows:
+        life = na - nb
+        # Due with between 33 % and 43 % of the lifetime left.
+        assert na - life * 43 // 100 - 1 <= at <= na - life * 33 // 100
+        assert before is False and after is True
+    assert len({r[2] - r[0] for r in rows}) > 6  # the jitter spreads certificates of one batch
+
+
+def test_renewal_policy_refuses_nonsense(mpy):
+    out = mpy.value("""
+from tlsguard.renew import RenewalPolicy
+try:
+    RenewalPolicy(percent=120)
+    emit("accepted")
+except ValueError as e:
+    emit(str(e))
+""")
+    assert "percent must be in (0, 100)" in out

@@ -24,7 +24,10 @@ class RenewalPolicy:
         self.jitter = jitter
 
     def renew_at(self, cert):
-        """Seconds since 1970 from which `cert` (x509.Certificate) is due for renewal."""
+        """Seconds since 1970 from which `cert` (x509.Certificate or DER) is due for renewal."""
+        if not hasattr(cert, "not_valid_after"):
+            from tlsguard.x509 import Certificate
+            cert = Certificate(cert)
         life = cert.not_valid_after - cert.not_valid_before
         spread = int.from_bytes(hashlib.sha256(cert.der).digest()[:2], "big") / 65536
         left = (self.percent + self.jitter * spread) / 100
