@@ -44,8 +44,10 @@ else:
     for _ in range(2000):
         a * b % p
     mul = time.ticks_diff(time.ticks_us(), t) / 2000
+    ALLOC = MODE == "alloc"  # collection off, in a big heap: every byte handed out is counted
     gc.collect()
-    gc.disable()
+    if ALLOC:
+        gc.disable()
     m0 = gc.mem_alloc()
     t = time.ticks_us()
     k = PrivateKey.generate()
@@ -104,6 +106,10 @@ def measure(binary, script):
             raise SystemExit("bench_keygen: %s failed: %s" % (binary, r.stderr[-500:]))
         rows.append([float(x) for x in r.stdout.split()])
     med = [statistics.median(col) for col in zip(*rows)]
+    r = _run(binary, script, "alloc", heap=256 * 1024 * 1024)
+    if r.returncode != 0:
+        raise SystemExit("bench_keygen: %s failed: %s" % (binary, r.stderr[-500:]))
+    med[3:5] = [float(x) for x in r.stdout.split()][3:5]
     return {"mul_us": med[0], "key_ms": med[1] / 1000, "csr_ms": med[2] / 1000, "key_alloc": med[3],
             "csr_alloc": med[4], "import": med[5], "csr_bytes": int(med[6]), "min_heap": _min_heap(binary, script)}
 
