@@ -114,6 +114,65 @@ def measure(binary, script):
             "csr_alloc": med[4], "import": med[5], "csr_bytes": int(med[6]), "min_heap": _min_heap(binary, script)}
 
 
+# A whole first enrollment (store with the fleet root, key, CSR, EST over TLS, store swap,
+# confirmation) against `tlsguard ca serve`; argv: store folder, EST URL, secret.
+ENROLL = r"""
+import sys, tlsguard
+from tlsguard.est import EST
+from tlsguard import identity
+store = tlsguard.CredentialStore(sys.argv[1])
+store.stage(1, roots=[open(sys.argv[1] + ".root", "rb").read()])
+store.activate()
+identity.enroll(EST(sys.argv[2], tlsguard.SecureContext(store=store), secret=sys.argv[3]), store, "sensor-1")
+print("OK", store.version)
+"""
+
+
+def enroll_heap(binary, work):
+    """Smallest -X heapsize (4 KB steps) for ENROLL with the .mpy build, or None."""
+    import shutil
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    tool = os.path.join(os.path.dirname(sys.executable), "tlsguard")
+    mpy = os.path.join(work, "mpy")
+    subprocess.run([tool, "mpy", "--out", mpy], check=True, capture_output=True)
+    subprocess.run([tool, "ca", "--dir", os.path.join(work, "pki"), "init", "--no-passphrase"], check=True,
+                   capture_output=True)
+    root = x509.load_pem_x509_certificate(open(os.path.join(work, "pki", "root.crt"), "rb").read())
+    script = os.path.join(work, "enroll.py")
+    with open(script, "w") as f:
+        f.write(ENROLL)
+    srv = subprocess.Popen([tool, "ca", "--dir", os.path.join(work, "pki"), "serve", "--port", "0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = "https://localhost:%s" % srv.stdout.readline().split("127.0.0.1:")[1].split("/")[0]
+
+        def works(heap):
+            secret = subprocess.run([tool, "ca", "--dir", os.path.join(work, "pki"), "secret", "--device-id",
+                                     "sensor-1"], capture_output=True, text=True).stdout.strip()
+            store = os.path.join(work, "certs")
+            shutil.rmtree(store, ignore_errors=True)
+            with open(store + ".root", "wb") as f:
+                f.write(root.public_bytes(serialization.Encoding.DER))
+            r = subprocess.run([binary, "-X", "heapsize=%d" % heap, script, store, url, secret], capture_output=True,
+                               text=True, env=dict(os.environ, MICROPYPATH=mpy), timeout=120, cwd=work)
+            return "OK 2" in r.stdout
+
+        lo, hi = 32 * 1024, 320 * 1024
+        if not works(hi):
+            return None
+        while hi - lo > 4096:
+            mid = (lo + hi) // 2
+            if works(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
 def _host_hz():
     for path in glob.glob("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"):
         with open(path) as f:
@@ -146,6 +205,16 @@ def main():
             name, m["mul_us"], m["key_ms"], m["csr_ms"], m["key_alloc"] / 1024, m["csr_alloc"] / 1024,
             m["import"] / 1024, "%d KB" % (m["min_heap"] // 1024) if m["min_heap"] else "n/a"))
     print("\nCSR size: %d bytes DER (CN + one DNS SAN)." % results[0][1]["csr_bytes"])
+    import tempfile
+    with tempfile.TemporaryDirectory() as work:
+        heaps = []
+        for i, (name, binary) in enumerate(builds):
+            os.makedirs(os.path.join(work, str(i)))
+            h = enroll_heap(binary, os.path.join(work, str(i)))
+            heaps.append("%s: %s" % (name, "%d KB" % (h // 1024) if h else "n/a"))
+    print("\nSmallest heap for a whole first enrollment with the .mpy build (store with the fleet root, "
+          "keygen, CSR, EST over TLS to `tlsguard ca serve`, store swap, confirming connection): %s."
+          % "; ".join(heaps))
     hz = _host_hz()
     if mp32 and hz:
         m = results[-1][1]
