@@ -421,3 +421,32 @@ except ValueError as e:
     emit(str(e))
 """)
     assert "percent must be in (0, 100)" in out
+
+
+def test_one_secret_one_certificate_under_concurrent_requests(fleet, est_server):
+    """Several requests racing with one secret (a leaked secret used by an attacker at the same
+    moment as the device): exactly one certificate is issued."""
+    import http.client
+    import ssl
+    from concurrent.futures import ThreadPoolExecutor
+    srv = est_server()
+    s = secret(fleet, "dev-r")
+    ctx = ssl.create_default_context(cafile=str(fleet / "pki" / "root.crt"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = binascii.b2a_base64(x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "dev-r")])).sign(
+        key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+    def post(_):
+        c = http.client.HTTPSConnection("localhost", srv.port, context=ctx, timeout=30)
+        try:
+            c.request("POST", "/.well-known/est/simpleenroll", body,
+                      {"Content-Type": "application/pkcs10", "Authorization": "Bearer " + s})
+            return c.getresponse().status
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(post, range(6)))
+    assert sorted(statuses) == [200, 401, 401, 401, 401, 401]
+    assert srv.log().count("simpleenroll dev-r (secret): issued") == 1
