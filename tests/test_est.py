@@ -292,6 +292,13 @@ def test_ca_unreachable(device, tmp_path):
     assert r["version"] == 1
 
 
+def test_wrong_est_path(fleet, est_server, device):
+    srv = est_server()
+    r = device("enroll", srv.url + "/not-est", secret=secret(fleet, "dev-p"), cn="dev-p")
+    assert not r["ok"] and r["kind"] == "bad_request"
+    assert "/not-est/.well-known/est/simpleenroll answered 404: not an EST path" in r["detail"]
+
+
 def test_clock_unset(fleet, est_server, device, tmp_path):
     srv = est_server()
     assert device("status", srv.url)["version"] == 1  # the store, made while the clock was right
