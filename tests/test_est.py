@@ -5,6 +5,7 @@ Every path a user can hit is played: refused enrollment, reused secret, names th
 allow, a refused renewal, a renewal whose certificate the server does not accept (rolled back),
 CA unreachable, clock unset, CSR too big, flash full."""
 import binascii
+import contextlib
 import json
 import os
 import re
@@ -80,6 +81,12 @@ class ESTServer:
         self.proc.stdout.close()
         self.errfile.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
@@ -91,16 +98,10 @@ def fleet(tmp_path_factory):
 
 @pytest.fixture
 def est_server(fleet):
-    started = []
-
-    def start(*args):
-        s = ESTServer(fleet, *(args or ("--allow", "{id}", "--allow", "{id}.local")))
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    """start(*serve_args) -> ESTServer; all stopped at the end of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda *args: stack.enter_context(
+            ESTServer(fleet, *(args or ("--allow", "{id}", "--allow", "{id}.local"))))
 
 
 @pytest.fixture
