@@ -192,6 +192,9 @@ def test_curl_enrolls_and_openssl_reads_the_reply(fleet, est_server, tmp_path):
     assert b"Issuing CA" in p7.stdout
     r = subprocess.run(cmd + ["-H", "Authorization: Bearer wrong"], capture_output=True)
     assert b"unknown, used or expired enrollment secret" in r.stdout
+    # HTTP Basic (user: the device id, password: the secret) works as well.
+    r = subprocess.run(cmd + ["-u", "dev-c:" + secret(fleet, "dev-c")], capture_output=True)
+    assert r.returncode == 0 and b"MII" in r.stdout, r.stdout + r.stderr
 
 
 def test_enroll_and_renew_in_a_192k_heap(fleet, est_server, device, tmp_path):
