@@ -316,8 +316,9 @@ class CredentialStore:
             # FAT refuses to rename over a file; the verified manifest.new is completed at open.
             os.remove(final)
             os.rename(nxt, final)
-        self._write_versions()
+        # Switched: what follows must not make a caller think the switch did not happen.
         self._sets, self._trial = sets, trial
+        self._write_versions()
         self._gc()
 
     def _gc(self):
@@ -502,6 +503,7 @@ class CredentialStore:
         if self._staged is None:
             raise StoreError("nothing_staged", "stage() a set before activate()")
         new, self._staged = self._staged, None
+        high, low = self._high, self._min
         self._high = new["version"]
         self._min = max(self._min, new.get("min", 0))
         previous = [s for s in self._sets[:1] if s["version"] >= self._min]
@@ -509,7 +511,17 @@ class CredentialStore:
             self._note("version %d is below the floor %d set by version %d: no way back to it"
                        % (self._sets[0]["version"], self._min, new["version"]))
         trial = bool(previous)
-        self._commit([new] + previous, trial)
+        try:
+            self._commit([new] + previous, trial)
+        except Exception:  # noqa: BLE001 - re-raised unless the switch happened
+            if not self._sets or self._sets[0] is not new:
+                # Nothing switched (a full flash, say): the set stays staged, for discard() or a
+                # retry.
+                self._staged, self._high, self._min = new, high, low
+                _remove(_join(self.path, _NEXT))
+                raise
+            self._note("version %d is active, but the versions file was not updated (the manifest "
+                       "holds the same floor)" % new["version"])
         if trial:
             _ACTIVATED[self.path] = True
         self._note("version %d activated%s" % (new["version"], " (on trial)" if trial else ""))
@@ -524,6 +536,15 @@ class CredentialStore:
         _ACTIVATED.pop(self.path, None)
         self._note("version %d confirmed" % self.version)
         return True
+
+    def retire_previous(self):
+        """Forget the previous set and delete its files (after a key renewal the old key must
+        not stay on flash). Not while the active set is on trial: it is the way back."""
+        if self._trial:
+            raise StoreError("on_trial", "version %d is on trial: confirm() it first" % self.version)
+        if len(self._sets) > 1:
+            self._commit(self._sets[:1], False)
+            self._note("previous set deleted")
 
     def rollback(self, reason="requested"):
         """Return to the previous set; the abandoned version can never be staged again."""
