@@ -322,7 +322,7 @@ def test_never_rolls_back_below_min_version(mpy, roots):
 st = CredentialStore("certs", max_failures=3)
 st.apply("v2.pkg", key=%r, device=%r); st.activate()
 out = {"after_activate": state(st), "report": list(st.report)}
-out["rolled"] = [st.handshake_failed() for _ in range(5)]
+out["rolled"] = [st.handshake_failed("the server refused our client certificate") for _ in range(5)]
 out["rollback"] = attempt(st.rollback)
 s2 = CredentialStore("certs")
 out["restart"] = state(s2)
