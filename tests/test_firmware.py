@@ -180,8 +180,6 @@ def chrony(tmp_path):
 
 
 @pytest.mark.builds("fw32")
-@pytest.mark.xfail(strict=True, reason="umqtt.simple writes with sock.write(buf, n) and TLSSocket.write "
-                   "takes one argument: issue 11 fixes it; remove this mark when it lands")
 def test_whole_flow_fits_an_esp32_budget(mpy, tmp_path, chrony, broker, broker_pki, fleet, subscriber):
     """From a clock at 2000-01-01: NTP, mutual TLS with pins, and a publish with micropython-lib's
     umqtt.simple (frozen, as the ESP32 firmware freezes it), in 24 KB of 32-bit heap (`make bench`

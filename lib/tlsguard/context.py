@@ -4,7 +4,7 @@ store, it chooses the few anchors each host needs (remembered per host, or disco
 chain a first handshake presents) and loads only those into mbedTLS."""
 import socket
 
-from tlsguard import hostname, platform
+from tlsguard import platform
 from tlsguard.errors import TLSError
 from tlsguard.pins import Pins
 from tlsguard.x509 import Certificate
@@ -257,6 +257,7 @@ def _host(name, mode):
         if mode == "insecure":
             return name, None
         raise ValueError("server_hostname is required: it is what the certificate is checked against")
+    from tlsguard import hostname  # with the first connection, as the rest of the connection code
     return hostname.parse(name)
 
 
@@ -278,6 +279,7 @@ def connect(host, port, context=None, timeout=10):
     another CA), it reconnects once to verify with them."""
     if context is None:
         raise ValueError("connect() needs a context (tlsguard.SecureContext)")
+    from tlsguard import hostname
     host = hostname.normalize(host)
     try:
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
