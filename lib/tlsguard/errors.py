@@ -20,14 +20,14 @@ def kind_errno(kind):
 
 
 class TLSError(OSError):
-    """`kind` (one of hints.HINTS), `host`, `depth` (0 = leaf) where known, `hint`, `detail`,
+    """`kind` (one of the kinds in hints.HINTS), `host`, `depth` (0 = leaf) where known, `hint`, `detail`,
     `retry` (True: the next connection is expected to succeed, e.g. trust-store first contact);
     `errno` by kind, as the module docstring says."""
 
     def __init__(self, kind, detail="", host=None, depth=None, hint=None):
         if hint is None:
-            from tlsguard.hints import HINTS
-            hint = HINTS.get(kind, "")
+            from tlsguard.hints import hint as _hint
+            hint = _hint(kind)
         self.kind = kind
         self.detail = detail
         self.host = host
