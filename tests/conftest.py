@@ -47,14 +47,14 @@ class MPResult:
 # test firmware with tlsguard frozen (tools/unixfw.py; mbedTLS outside the GC heap, as on ESP32).
 # TLSGUARD_BUILDS=pypi (or fw32, or pypi,fw32,fw32-rp2) sets the builds of unmarked tests;
 # @pytest.mark.builds(...) names a test's own. Each process gets a board-sized heap unless a test
-# asks for another: fw32 the ~100 KB an ESP32 gives Python less the firmware's own use, pypi twice
-# that (its objects are twice the size).
+# asks for another: fw32 the ~110 KB an ESP32 gives Python less the firmware's own use, pypi a
+# bit more than twice that (its objects are twice the size, its big-int digits too).
 # Packages pip-installed for the device tests (tools/setup.sh): a board gets them as .mpy (mip,
 # mpy-cross); compiling a 37 KB source on the device would not fit its heap. Frozen builds get
 # them compiled by the firmware's own mpy-cross.
 MPYLIB = os.path.join(ROOT, ".venv", "mpylib")
 BUILDS = [b for b in os.environ.get("TLSGUARD_BUILDS", "pypi,fw32").split(",") if b]
-HEAP = {"pypi": "192k", "fw32": "96k", "fw32-rp2": "160k"}
+HEAP = {"pypi": "256k", "fw32": "96k", "fw32-rp2": "160k"}
 FIRMWARE_VARIANT = {"fw32": "esp32", "fw32-rp2": "rp2"}
 
 
@@ -76,8 +76,10 @@ class MicroPython:
         env["MICROPYPATH"] = ".frozen:" + LIB
         env.update(extra or {})
         if self.frozen:
-            env["MICROPYPATH"] = ":".join(self.compiled.get(os.path.abspath(p), p)
-                                          for p in env["MICROPYPATH"].split(":") if os.path.abspath(p) != LIB)
+            # A board always has its frozen modules on sys.path, and never lib/'s tlsguard.
+            parts = [self.compiled.get(os.path.abspath(p), p) for p in env["MICROPYPATH"].split(":")
+                     if os.path.abspath(p) != LIB]
+            env["MICROPYPATH"] = ":".join(parts + ([] if ".frozen" in parts else [".frozen"]))
         return env
 
     def argv(self, heapsize=None):
@@ -117,13 +119,16 @@ def firmware_path(build):
 
 
 def compile_folder(src, out):
-    """Every .py of `src` compiled to `out` by the test firmware's mpy-cross."""
+    """Every .py under `src` (packages included) compiled to `out` by the test firmware's mpy-cross."""
     cross = _unixfw().mpy_cross()
-    os.makedirs(out, exist_ok=True)
-    for name in sorted(os.listdir(src)):
-        if name.endswith(".py"):
-            subprocess.run([cross, "-o", os.path.join(out, name[:-3] + ".mpy"), "-s", name,
-                            os.path.join(src, name)], check=True)
+    for top, dirs, files in os.walk(src):
+        rel = os.path.relpath(top, src)
+        os.makedirs(os.path.join(out, rel), exist_ok=True)
+        for name in files:
+            if name.endswith(".py"):
+                target = os.path.normpath(os.path.join(rel, name))
+                subprocess.run([cross, "-o", os.path.join(out, target[:-3] + ".mpy"), "-s", target,
+                                os.path.join(top, name)], check=True)
     return out
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import MICROPYTHON, PRELUDE, RESULT
+from conftest import PRELUDE, RESULT
 from clients import ENV, FAIL, context_expr, device_identity, proxy, rogue_broker  # noqa: F401 (fixtures)
 from mqtt_broker import broker, broker_pki, fleet, subscriber  # noqa: F401 (fixtures)
 
@@ -246,7 +246,7 @@ def test_mqtt_as_reconnect_task_survives_a_tls_error(mpy, broker, broker_pki, fl
     script = tmp_path / "_t.py"
     script.write_text(PRELUDE + MQTT_AS + "emit(run(%d, %s, cut=True))\n" % (p.port, ctx_source(fleet, broker_pki)))
     env = mpy.env(ENV)
-    proc = subprocess.Popen([MICROPYTHON, str(script)], cwd=str(tmp_path), env=env, text=True,
+    proc = subprocess.Popen(mpy.argv() + [str(script)], cwd=str(tmp_path), env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out = []
     try:

@@ -325,7 +325,6 @@ def test_server_context_blocking_and_asyncio_start_server(mpy, fleet, tmp_path):
     import subprocess as sp
 
     import pki
-    from conftest import MICROPYTHON
     root = pki.CA("another fleet")
     leaf = root.intermediate("another issuing").issue(("localhost",))
     root_pem = tmp_path / "root.pem"
@@ -335,7 +334,7 @@ def test_server_context_blocking_and_asyncio_start_server(mpy, fleet, tmp_path):
                        ("ca.der", fleet.operator_ca.der), ("_t.py", SERVE.encode())):
         with open(folder + "/" + name, "wb") as f:
             f.write(data)
-    proc = sp.Popen([MICROPYTHON, "_t.py"], cwd=folder, env=mpy.env(), stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+    proc = sp.Popen(mpy.argv() + ["_t.py"], cwd=folder, env=mpy.env(), stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
     try:
         out = []
         for label in (b"blocking:", b"asyncio:"):
