@@ -82,9 +82,10 @@ def _unstamp(b):
 
 class Chrony:
     """chronyd serving the host clock on 127.0.0.1:<port>, stratum 8; -x: never sets the clock.
-    Everything it owns is its own: NTP port from the OS, no command port (cmdport 0), no Unix
-    command socket (bindcmdaddress /: the default path is the system chronyd's), pid and drift
-    files in its folder. So it runs beside a system chronyd and touches nothing of it."""
+    Everything it owns is its own: NTP port (a free one, checked in its log that it got it), no
+    command port (cmdport 0), no Unix command socket (bindcmdaddress /: the default path is the
+    system chronyd's), pid and drift files in its folder. So it runs beside a system chronyd and
+    touches nothing of it."""
 
     def __init__(self, workdir, attempts=5):
         self.dir = os.path.join(str(workdir), "chrony")

@@ -8,15 +8,20 @@ from conftest import ROOT
 
 
 def _pids(comm):
+    """Processes named `comm` that no test started: test servers run from pytest's temp folders
+    (tests running in parallel start and stop their own while this test runs)."""
     out = set()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open("/proc/%s/comm" % pid) as f:
-                    if f.read().strip() == comm:
-                        out.add(int(pid))
+                    name = f.read().strip()
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    ours = b"/pytest-of-" in f.read()
             except OSError:
-                pass
+                continue
+            if name == comm and not ours:
+                out.add(int(pid))
     return out
 
 
@@ -51,7 +56,7 @@ def test_test_chronyd_beside_the_hosts(tmp_path):
     c = ntp_servers.Chrony(tmp_path)
     try:
         pid = c.proc.pid
-        assert pid not in others
+        assert pid not in others and pid not in _pids("chronyd")
         # No command socket at the system path (/run/chrony/chronyd.sock): nothing of its own
         # outside its folder.
         for path in _unix_socket_paths(pid):
