@@ -1,6 +1,10 @@
 """TLSSocket against the port's own SSLSocket: the same methods, and the same results for the same
 calls (blocking and non-blocking) side by side on one echo server; TLSError is an OSError with a
 meaningful errno; a non-blocking handshake still fails with the diagnosis."""
+import socket
+import ssl
+import threading
+
 import pki
 from conftest import pyrepr
 
@@ -191,3 +195,80 @@ def test_tlserror_is_an_oserror_with_errno_by_kind(mpy):
         assert code == want.get(kind, n["ECONNABORTED"]), kind
     assert r["caught"] == ["expired", "h.example", 0, "Renew", "leaf expired",
                            "expired for h.example (certificate depth 0): leaf expired Hint: " + r["caught"][5].split("Hint: ")[1]]
+
+
+class ByeServer:
+    """TLS server that sends "bye\\n" to each client and then ends the connection: with a TLS
+    close_notify (`notify`) or by closing TCP alone (what a dropped link or a crashed peer does)."""
+
+    def __init__(self, issued, folder, notify):
+        crt, key = issued.write(folder, "bye")
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(crt, key)
+        self.notify = notify
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._bye, args=(conn,), daemon=True).start()
+
+    def _bye(self, conn):
+        conn.settimeout(1)  # unwrap() waits for the client's close_notify, which may never come
+        try:
+            t = self.ctx.wrap_socket(conn, server_side=True)
+            t.sendall(b"bye\n")
+            if self.notify:
+                t.unwrap()
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+EOF_SCRIPT = """
+import socket, tls, tlsguard
+ROOT = %s
+def tcp():
+    s = socket.socket()
+    s.connect(socket.getaddrinfo("localhost", %d)[0][-1])
+    return s
+def port_socket():
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ROOT)
+    return ctx.wrap_socket(tcp(), server_hostname="localhost")
+def guard_socket():
+    return tlsguard.SecureContext(cadata=ROOT).wrap_socket(tcp(), server_hostname="localhost")
+def after_end(s):
+    out = [s.readline().decode()]
+    for _ in range(2):
+        try:
+            out.append(s.read(1))
+        except OSError as e:
+            out.append(["OSError", e.args[0], type(e).__name__])
+    s.close()
+    return out
+emit({"port": after_end(port_socket()), "guard": after_end(guard_socket())})
+"""
+
+
+def test_end_of_stream_same_as_the_port(mpy, tmp_path, root_ca, inter_ca):
+    """What a read returns once the server has gone (mqtt_as, for one, tells EOF from an error by
+    it): the same for TLSSocket as for the port's socket, with and without close_notify."""
+    for notify in (True, False):
+        srv = ByeServer(inter_ca.issue(), tmp_path, notify)
+        try:
+            r = mpy.value(EOF_SCRIPT % (pyrepr(root_ca.der), srv.port))
+        finally:
+            srv.close()
+        assert r["guard"] == r["port"], (notify, r)
+        assert r["port"] == ["bye\n", "", ""], r  # b"" for ever, no error
