@@ -333,3 +333,25 @@ emit(out)
                  "mqttas.use: set config['server'] first (or give server_hostname)",
                  "ssl_params with context= take only server_hostname, not cadata",
                  [True, "broker.example", True]]
+
+
+def test_clients_are_the_unmodified_releases():
+    """Whatever route setup took (wheel, mip, or the shared copies), every client file the tests
+    run is byte for byte the release SOURCES.txt names."""
+    from clients import MPYLIB
+    shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "clients")
+    compared = 0
+    for folder, _, files in os.walk(shared):
+        for name in files:
+            if name == "SOURCES.txt" or name.endswith(".pyc"):
+                continue
+            rel = os.path.relpath(os.path.join(folder, name), shared)
+            with open(os.path.join(shared, rel), "rb") as a, open(os.path.join(MPYLIB, rel), "rb") as b:
+                assert a.read() == b.read(), rel
+            compared += 1
+    assert compared >= 20
+    with open(os.path.join(MPYLIB, "ORIGIN")) as f:
+        origin = f.read()
+    for client in ("umqtt/simple.py", "umqtt/robust.py", "requests", "aiohttp", "mqtt_as", "aiomqttc.py",
+                   "chumicro_mqtt", "chumicro_requests"):
+        assert "\n%s: " % client in "\n" + origin, client
