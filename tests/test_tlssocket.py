@@ -8,7 +8,8 @@ import threading
 import pki
 from conftest import pyrepr
 
-SIDE_BY_SIDE = """
+# Device side: the port's own TLS socket and tlsguard's, to the same server, for side-by-side runs.
+TWO_SOCKETS = """
 import socket, time, tls, tlsguard
 ROOT = %s
 PORT = %d
@@ -25,7 +26,9 @@ def port_socket():
 
 def guard_socket():
     return tlsguard.SecureContext(cadata=ROOT).wrap_socket(tcp(), server_hostname="localhost")
+"""
 
+SIDE_BY_SIDE = TWO_SOCKETS + """
 def until(fn, *a):
     # A non-blocking call: None while it would block.
     for _ in range(2000):
@@ -235,19 +238,7 @@ class ByeServer:
         self.sock.close()
 
 
-EOF_SCRIPT = """
-import socket, tls, tlsguard
-ROOT = %s
-def tcp():
-    s = socket.socket()
-    s.connect(socket.getaddrinfo("localhost", %d)[0][-1])
-    return s
-def port_socket():
-    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(ROOT)
-    return ctx.wrap_socket(tcp(), server_hostname="localhost")
-def guard_socket():
-    return tlsguard.SecureContext(cadata=ROOT).wrap_socket(tcp(), server_hostname="localhost")
+EOF_SCRIPT = TWO_SOCKETS + """
 def after_end(s):
     out = [s.readline().decode()]
     for _ in range(2):
