@@ -1,11 +1,8 @@
 """TLSSocket against the port's own SSLSocket: the same methods, and the same results for the same
 calls (blocking and non-blocking) side by side on one echo server; TLSError is an OSError with a
 meaningful errno; a non-blocking handshake still fails with the diagnosis."""
-import socket
-import ssl
-import threading
-
 import pki
+import servers
 from conftest import pyrepr
 
 # Device side: the port's own TLS socket and tlsguard's, to the same server, for side-by-side runs.
@@ -200,30 +197,15 @@ def test_tlserror_is_an_oserror_with_errno_by_kind(mpy):
                            "expired for h.example (certificate depth 0): leaf expired Hint: " + r["caught"][5].split("Hint: ")[1]]
 
 
-class ByeServer:
-    """TLS server that sends "bye\\n" to each client and then ends the connection: with a TLS
+class ByeServer(servers.PyTLSServer):
+    """TLS server that sends "bye\n" to each client and then ends the connection: with a TLS
     close_notify (`notify`) or by closing TCP alone (what a dropped link or a crashed peer does)."""
 
     def __init__(self, issued, folder, notify):
-        crt, key = issued.write(folder, "bye")
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(crt, key)
         self.notify = notify
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(*issued.write(folder, "bye"))
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._bye, args=(conn,), daemon=True).start()
-
-    def _bye(self, conn):
+    def _handle(self, conn):
         conn.settimeout(1)  # unwrap() waits for the client's close_notify, which may never come
         try:
             t = self.ctx.wrap_socket(conn, server_side=True)
@@ -233,9 +215,6 @@ class ByeServer:
         except OSError:
             pass
         conn.close()
-
-    def close(self):
-        self.sock.close()
 
 
 EOF_SCRIPT = TWO_SOCKETS + """
