@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import MICROPYTHON, PRELUDE, RESULT
+from conftest import MICROPYTHON, PRELUDE, RESULT, pyrepr
 from clients import ENV, FAIL, context_expr, device_identity, proxy, rogue_broker  # noqa: F401 (fixtures)
 from mqtt_broker import broker, broker_pki, fleet, subscriber  # noqa: F401 (fixtures)
 
@@ -278,10 +278,12 @@ def test_mqtt_as_reconnect_task_survives_a_tls_error(mpy, broker, broker_pki, fl
 MQTT_AS_TRAP = """
 import boardshim, asyncio, tlsguard
 from mqtt_as import MQTTClient, config
-async def main(port, ctx):
+async def main(port, ctx, cert, key):
     config["server"] = "localhost"
     config["port"] = port
+    config["client_id"] = "sensor-1"
     config["ssl"] = ctx                 # the trap: only tested for truth
+    config["ssl_params"] = {"cert": cert, "key": key}   # the device certificate, as with ssl=True
     c = MQTTClient(config)
     try:
         await c.connect(quick=True)
@@ -289,23 +291,29 @@ async def main(port, ctx):
         return "connected"
     except OSError as e:
         return "refused: %%s" %% e
-emit(asyncio.run(main(%d, %s)))
+emit(asyncio.run(main(%d, %s, %s, %s)))
 """
 
 
 def test_mqtt_as_ssl_context_trap_and_use(mpy, rogue_broker, broker_pki, fleet):
-    """Stock mqtt_as given ssl=context connects to the interceptor unverified (mqtt_as calls
-    ssl.wrap_socket(sock) with CERT_NONE): why README says to use tlsguard.mqttas.use()."""
-    r = mpy.run(MQTT_AS_TRAP % (rogue_broker.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=60)
-    assert r.returncode == 0, r.output
-    # The handshake went through without verification: the rogue broker answered the TLS
-    # handshake (it then refuses the client for lacking a certificate, which is the broker's
-    # policy, not the device's protection).
-    assert "untrusted_root" not in r.value, r.value
-    assert "New connection from 127.0.0.1" in rogue_broker.log()
+    """Stock mqtt_as given ssl=context calls ssl.wrap_socket(sock, **ssl_params), CERT_NONE: it
+    connects to the interceptor, which gets the device's MQTT session. tlsguard.mqttas.use()
+    on the same config refuses it. Why README says never config["ssl"] = ctx."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    cert, key = device_identity(fleet)
+    der = x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
+    key_der = serialization.load_pem_private_key(key, None).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    args = (rogue_broker.port, ctx_source(fleet, broker_pki), pyrepr(der), pyrepr(key_der))
+    before = rogue_broker.usernames().count("sensor-1")
+    r = mpy.run(MQTT_AS_TRAP % args, env=ENV, timeout=60)
+    assert r.value == "connected", r.output
+    assert rogue_broker.usernames().count("sensor-1") == before + 1  # the interceptor has the session
     fixed = MQTT_AS_TRAP.replace('c = MQTTClient(config)', 'tlsguard.mqttas.use(config)\n    c = MQTTClient(config)')
-    r = mpy.run(fixed % (rogue_broker.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=60)
+    r = mpy.run(fixed % args, env=ENV, timeout=60)
     assert r.value.startswith("refused: untrusted_root for localhost"), r.output
+    assert rogue_broker.usernames().count("sensor-1") == before + 1
 
 
 def test_mqttas_use_refuses_what_it_cannot_honour(mpy):
