@@ -37,7 +37,7 @@ def run(port, ctx):
         return failure(e)
     c.subscribe(b"%(cmd)s")
     c.publish(b"%(tel)s", b"from umqtt.%(kind)s")
-    for _ in range(300):
+    for _ in range(1200):           # up to a minute: a loaded machine is slow, never a failure
         c.check_msg()
         if got:
             break
@@ -78,7 +78,7 @@ async def main(port, ctx, cut):
         while len(subscribed) < 2:      # mqtt_as's own reconnect task brings it back
             await asyncio.sleep_ms(50)
     await c.publish("%(tel)s", "from mqtt_as", qos=1)
-    for _ in range(300):
+    for _ in range(1200):           # up to a minute: a loaded machine is slow, never a failure
         if got:
             break
         await asyncio.sleep_ms(50)
@@ -100,7 +100,7 @@ def run(port, ctx):
     c.subscribe("%(cmd)s", 0)
     c.publish("%(tel)s", b"from chumicro-mqtt", qos=1)
     c.connect()
-    for _ in range(600):
+    for _ in range(3000):
         c.handle(time.ticks_ms())
         if got or c.last_error is not None:
             break
@@ -124,7 +124,7 @@ async def main(port, ctx):
         return {"ok": False}
     await c.subscribe("%(cmd)s", qos=0)
     await c.publish("%(tel)s", b"from aiomqttc", qos=0)
-    for _ in range(300):
+    for _ in range(1200):           # up to a minute: a loaded machine is slow, never a failure
         if got:
             break
         await asyncio.sleep_ms(50)
@@ -159,7 +159,7 @@ def test_client_publishes_and_receives_over_mutual_tls(name, mpy, broker, broker
     sub = subscriber(TELEMETRY)
     answer_when_heard(sub, b"blink")
     r = mpy.run(CLIENTS[name] + "emit(run(%d, %s))\n" % (broker.port, ctx_source(fleet, broker_pki)),
-                env=ENV, timeout=90)
+                env=ENV, timeout=150)
     assert r.returncode == 0, r.output
     assert r.value["ok"] and r.value["got"] == [[COMMANDS, "blink"]], r.output
     assert sub.messages[0] == (TELEMETRY, ("from " + name).encode())
@@ -171,7 +171,7 @@ def test_client_publishes_and_receives_over_mutual_tls(name, mpy, broker, broker
 def test_interceptor_refused_nothing_sent(name, mpy, rogue_broker, broker_pki, fleet):
     reached = rogue_broker.log().count("New connection from 127.0.0.1")
     r = mpy.run(CLIENTS[name] + "emit(run(%d, %s))\n" % (rogue_broker.port, ctx_source(fleet, broker_pki)),
-                env=ENV, timeout=90)
+                env=ENV, timeout=150)
     assert r.returncode == 0, r.output
     if name == "aiomqttc":
         # aiomqttc returns False and logs the error: the log line carries the diagnosis.
@@ -202,7 +202,7 @@ def exit_now():
     raise SystemExit
 run(%d, %s)
 """ % (rogue_broker.port, ctx_source(fleet, broker_pki))
-    r = mpy.run(code, env=ENV, timeout=90)
+    r = mpy.run(code, env=ENV, timeout=150)
     attempts = r.value["attempts"]
     assert len(attempts) == 3 and all(a.startswith("untrusted_root for localhost") for a in attempts), r.output
     assert rogue_broker.usernames() == []
@@ -213,7 +213,7 @@ def test_umqtt_robust_retries_a_cut_handshake(mpy, broker, broker_pki, fleet, su
     answer_when_heard(sub, b"again")
     p = proxy(broker.port)
     p.drop(1)
-    r = mpy.run(UMQTT_ROBUST + "emit(run(%d, %s))\n" % (p.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=90)
+    r = mpy.run(UMQTT_ROBUST + "emit(run(%d, %s))\n" % (p.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=150)
     assert r.returncode == 0, r.output
     assert r.value == {"ok": True, "got": [[COMMANDS, "again"]]}, r.output
     assert p.dropped == 1 and p.accepted == 2
@@ -232,7 +232,7 @@ def test_umqtt_robust_first_contact_through_the_trust_store(mpy, tmp_path, broke
                         "--out", os.path.join(mpy.cwd, "roots.bin")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     ctx = context_expr(None, broker_pki[1].cert, device_identity(fleet), bundle="roots.bin")
-    r = mpy.run(UMQTT_ROBUST + "emit(run(%d, %s))\n" % (broker.port, ctx), env=ENV, timeout=90)
+    r = mpy.run(UMQTT_ROBUST + "emit(run(%d, %s))\n" % (broker.port, ctx), env=ENV, timeout=150)
     assert r.returncode == 0, r.output
     assert r.value == {"ok": True, "got": [[COMMANDS, "first contact"]]}, r.output
     # robust logged the first-contact TLSError and carried on.
