@@ -28,7 +28,7 @@ def guard_socket():
 SIDE_BY_SIDE = TWO_SOCKETS + """
 def until(fn, *a):
     # A non-blocking call: None while it would block.
-    for _ in range(2000):
+    for _ in range(12000):
         r = fn(*a)
         if r is not None:
             return r
@@ -142,7 +142,7 @@ ctx = tlsguard.SecureContext(%s)
 t = ctx.wrap_socket(s, server_hostname="localhost", do_handshake_on_connect=False)
 out = None
 try:
-    for _ in range(2000):
+    for _ in range(12000):
         if t.send(b"hello\\n") is not None:
             out = {"ok": True}
             break
