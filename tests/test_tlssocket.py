@@ -74,7 +74,7 @@ emit({"port_names": names(p), "guard_names": names(g), "port": exercise(p), "gua
 
 def test_same_methods_same_results(mpy, serve, root_ca, inter_ca):
     srv = serve(inter_ca.issue())
-    r = mpy.value(SIDE_BY_SIDE % (pyrepr(root_ca.der), srv.port), timeout=30)
+    r = mpy.value(SIDE_BY_SIDE % (pyrepr(root_ca.der), srv.port), timeout=90)
     missing = set(r["port_names"]) - set(r["guard_names"])
     assert not missing, missing
     assert {"recv", "recv_into", "send", "sendall", "settimeout", "fileno"} <= set(r["guard_names"])
