@@ -50,10 +50,8 @@ class TLSSocket(io.IOBase):
             r = fn(*args)
         except Exception as e:  # noqa: BLE001
             if self._unproven and self._hs is None:
-                # With TLS 1.3 a server refuses a client certificate after the client's
-                # handshake is over: the first read fails.
-                self._unproven = False
-                self._context.store.handshake_failed()
+                from tlsguard import trial
+                trial.after_handshake(self, e)
             self._fail(e)
         # None: would block (non-blocking socket), the handshake may still be running. 0 or b"":
         # nothing moved (an empty write never reaches mbedTLS; EOF): cipher() is only safe to
