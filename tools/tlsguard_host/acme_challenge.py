@@ -1,0 +1,147 @@
+"""Answering ACME challenges for `tlsguard ca` in ACME mode: dns-01 through a user hook command,
+http-01 served by a small HTTP server on a given address, or http-01 through a hook.
+
+Hook contract (README "ACME backend"): the command is run as
+    CMD set|clear dns-01 NAME VALUE     NAME = _acme-challenge.<domain>, VALUE = the TXT value
+    CMD set|clear http-01 DOMAIN PATH CONTENT   PATH = /.well-known/acme-challenge/<token>
+and must exit 0 only once the record or file is served (set) or removed (clear).
+"""
+import http.server
+import shlex
+import subprocess
+import threading
+
+from acme import challenges
+
+from tlsguard_host.cli import CLIError
+
+HOOK_TIMEOUT = 120
+TYPES = ("dns-01", "http-01")
+
+
+class ChallengeError(CLIError):
+    """A challenge could not be set up (hook failed, address in use)."""
+
+
+class Hook:
+    """Runs the user's hook command for one challenge type."""
+
+    def __init__(self, command, typ):
+        self.argv = shlex.split(command)
+        self.typ = typ
+        if not self.argv:
+            raise CLIError("empty %s hook command" % typ)
+
+    def run(self, action, *args):
+        cmd = self.argv + [action, self.typ] + list(args)
+        try:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=HOOK_TIMEOUT)
+        except FileNotFoundError:
+            raise ChallengeError("%s hook %r not found" % (self.typ, self.argv[0]))
+        except PermissionError:
+            raise ChallengeError("%s hook %r is not executable" % (self.typ, self.argv[0]))
+        except subprocess.TimeoutExpired:
+            raise ChallengeError("%s hook %r did not finish in %d s (%s %s)"
+                                 % (self.typ, self.argv[0], HOOK_TIMEOUT, action, args[0]))
+        if r.returncode != 0:
+            raise ChallengeError("%s hook %r failed (exit %d) to %s %s: %s"
+                                 % (self.typ, self.argv[0], r.returncode, action, args[0],
+                                    (r.stderr or r.stdout).strip()[-300:]))
+
+
+class _TokenHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.server.tokens.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class Http01Server:
+    """Serves /.well-known/acme-challenge/<token> on ADDR (host:port) while the issuer runs."""
+
+    def __init__(self, addr):
+        host, _, port = addr.rpartition(":")
+        try:
+            self.httpd = http.server.ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)),
+                                                         _TokenHandler)
+        except (ValueError, OSError) as e:
+            raise ChallengeError("cannot serve http-01 on %s: %s" % (addr, e))
+        self.httpd.daemon_threads = True
+        self.httpd.tokens = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def set(self, path, content):
+        with self._lock:
+            self.httpd.tokens = dict(self.httpd.tokens, **{path: content})
+
+    def clear(self, path):
+        with self._lock:
+            self.httpd.tokens = {k: v for k, v in self.httpd.tokens.items() if k != path}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Responder:
+    """Sets and clears the answer to one challenge of a given type, from the ACME config."""
+
+    def __init__(self, conf):
+        self.typ = conf.get("type")
+        if self.typ not in TYPES:
+            raise CLIError("ACME challenge type must be one of %s, not %r" % (", ".join(TYPES), self.typ))
+        self.hook = Hook(conf["hook"], self.typ) if conf.get("hook") else None
+        self.server = None
+        if not self.hook:
+            if self.typ != "http-01" or not conf.get("listen"):
+                raise CLIError("%s needs a hook command%s" % (
+                    self.typ, " or an address to serve on" if self.typ == "http-01" else ""))
+            self.server = Http01Server(conf["listen"])
+
+    def pick(self, authzr):
+        """The challenge body of our type in an authorization."""
+        want = challenges.DNS01 if self.typ == "dns-01" else challenges.HTTP01
+        for challb in authzr.body.challenges:
+            if isinstance(challb.chall, want):
+                return challb
+        raise CLIError("the ACME CA offers no %s challenge for %s (offered: %s)" % (
+            self.typ, authzr.body.identifier.value,
+            ", ".join(c.chall.typ for c in authzr.body.challenges)))
+
+    def _args(self, domain, challb, account_key):
+        chall = challb.chall
+        if self.typ == "dns-01":
+            return chall.validation_domain_name(domain), chall.validation(account_key)
+        return domain, "/" + chall.path.lstrip("/"), chall.validation(account_key)
+
+    def set(self, domain, challb, account_key):
+        args = self._args(domain, challb, account_key)
+        if self.hook:
+            self.hook.run("set", *args)
+        else:
+            self.server.set(args[1], args[2])
+        return challb.chall.response(account_key)
+
+    def clear(self, domain, challb, account_key):
+        args = self._args(domain, challb, account_key)
+        if self.hook:
+            self.hook.run("clear", *args)
+        else:
+            self.server.clear(args[1])
+
+    def close(self):
+        if self.server:
+            self.server.close()

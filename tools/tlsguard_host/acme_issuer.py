@@ -1,0 +1,192 @@
+"""Issuing device certificates from an ACME CA (RFC 8555): the device's own CSR is finalized as it
+is (its key never leaves it), for the names the issuance policy allows and nothing else.
+
+`AcmeIssuer(folder, passphrase).issue(csr_der, policy=None) -> [leaf_der, chain_der...]` is the
+same call as the local CA's issuer, so `tlsguard ca` and the enrollment server take either.
+"""
+import logging
+import threading
+import time
+
+from acme import crypto_util, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tlsguard_host.acme_account import Account, AcmeError, problem
+from tlsguard_host.acme_challenge import ChallengeError, Responder
+from tlsguard_host.certfile import der, spki_der
+from tlsguard_host.cli import CLIError
+
+ORDER_ATTEMPTS = 3  # new orders after a transient validation failure (CA-side DNS hiccups)
+ORDER_TIMEOUT = 120  # seconds from new order to certificate
+# Validation errors worth a new order: the CA's own lookup or connection failed, not our answer.
+TRANSIENT = ("dns", "connection", "serverInternal")
+log = logging.getLogger("tlsguard.acme")
+
+
+class PolicyError(CLIError):
+    """A CSR asks for a name the issuance policy does not allow; no order was placed."""
+
+
+class NamePolicy:
+    """Names a certificate may carry: exact names, or '*.example.com' for any one label under it."""
+
+    def __init__(self, allow):
+        self.allow = [a.lower().rstrip(".") for a in allow]
+
+    def allows(self, name):
+        name = name.lower().rstrip(".")
+        for pat in self.allow:
+            if pat.startswith("*."):
+                head, _, tail = name.partition(".")
+                if tail == pat[2:] and head and head != "*":
+                    return True
+            elif name == pat:
+                return True
+        return False
+
+    def check(self, names):
+        bad = [n for n in names if not self.allows(n)]
+        if bad:
+            raise PolicyError("%s not allowed by the issuance policy (allowed: %s); no order placed"
+                              % (", ".join(bad), ", ".join(self.allow) or "nothing: add --allow"))
+
+
+class _Transient(Exception):
+    pass
+
+
+def csr_names(csr):
+    """The identifiers an order for this CSR asks for: CN first, then DNS and IP SANs."""
+    dns, ips = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
+    return dns + ips
+
+
+def load_csr(csr_der):
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except ValueError:
+        raise CLIError("not a DER PKCS#10 certificate request")
+    if not csr.is_signature_valid:
+        raise CLIError("the certificate request's signature does not verify")
+    return csr
+
+
+class AcmeIssuer:
+    def __init__(self, folder, passphrase=None, max_retry_after=None):
+        self.account = Account(folder, passphrase)
+        self.conf = self.account.load_config()
+        self.key = self.account.load_key()
+        self.policy = NamePolicy(self.conf.get("allow", []))
+        self.net_kw = {} if max_retry_after is None else {"max_retry_after": max_retry_after}
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.responder = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.responder:
+            self.responder.close()
+            self.responder = None
+
+    def _client(self):
+        """This thread's client, its account found (or registered again if the CA forgot it)."""
+        acme = getattr(self._local, "acme", None)
+        if acme is None:
+            acme = self.account.client(self.conf, self.key, **self.net_kw)
+            Account.register(acme, self.conf.get("contact", ()))
+            self._local.acme = acme
+        return acme
+
+    def issue(self, csr_der, policy=None):
+        """The certificate chain [leaf, intermediates...] (DER) the CA issues for this CSR."""
+        csr = load_csr(csr_der)
+        names = csr_names(csr)
+        if not names:
+            raise PolicyError("the certificate request names no DNS name or IP address")
+        (policy or self.policy).check(names)
+        with self._lock:
+            if self.responder is None:  # the http-01 server binds its port on first use
+                self.responder = Responder(self.conf.get("challenge", {}))
+        acme = self._client()
+        csr_pem = csr.public_bytes(serialization.Encoding.PEM)
+        for attempt in range(1, ORDER_ATTEMPTS + 1):
+            try:
+                return self._order(acme, csr, csr_pem, names)
+            except _Transient as e:
+                log.info("order for %s: %s (attempt %d)", names[0], e, attempt)
+                last = e
+        raise AcmeError("validation of %s failed %d times: %s" % (", ".join(names), ORDER_ATTEMPTS, last))
+
+    def _order(self, acme, csr, csr_pem, names):
+        deadline = time.monotonic() + self.conf.get("timeout", ORDER_TIMEOUT)
+        try:
+            orderr = acme.new_order(csr_pem)
+        except messages.Error as e:
+            raise AcmeError("the ACME CA refused the order for %s: %s" % (", ".join(names), problem(e)))
+        answered = []
+        try:
+            for authzr in orderr.authorizations:
+                if authzr.body.status == messages.STATUS_VALID:
+                    continue  # authorization reused from an earlier order
+                domain = authzr.body.identifier.value
+                challb = self.responder.pick(authzr)
+                response = self.responder.set(domain, challb, acme.net.key)
+                answered.append((domain, challb))
+                acme.answer_challenge(challb, response)
+            for authzr in orderr.authorizations:
+                self._wait_authz(acme, authzr, deadline)
+        finally:
+            for domain, challb in answered:
+                try:
+                    self.responder.clear(domain, challb, acme.net.key)
+                except ChallengeError as e:
+                    log.warning("%s", e)
+        return self._finalize(acme, orderr, csr, deadline)
+
+    @staticmethod
+    def _poll(fetch, done, deadline, what):
+        delay = 0.05
+        while True:
+            body = fetch()
+            if done(body):
+                return body
+            if time.monotonic() + delay > deadline:
+                raise AcmeError("the ACME CA did not finish %s in time (status %s)" % (what, body.status))
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _wait_authz(self, acme, authzr, deadline):
+        domain = authzr.body.identifier.value
+        body = self._poll(lambda: acme.poll(authzr)[0].body, lambda b: b.status != messages.STATUS_PENDING,
+                          deadline, "validating %s" % domain)
+        if body.status == messages.STATUS_VALID:
+            return
+        errs = [c.error for c in body.challenges if c.error is not None]
+        if errs and errs[0].code in TRANSIENT:
+            raise _Transient(problem(errs[0]))
+        raise AcmeError("%s challenge for %s failed: %s" % (
+            self.responder.typ, domain, problem(errs[0]) if errs else "authorization %s" % body.status))
+
+    def _finalize(self, acme, orderr, csr, deadline):
+        try:
+            orderr = acme.begin_finalization(orderr)
+        except messages.Error as e:
+            raise AcmeError("the ACME CA refused to finalize: %s" % problem(e))
+        body = self._poll(lambda: messages.Order.from_json(acme._post_as_get(orderr.uri).json()),
+                          lambda b: b.status in (messages.STATUS_VALID, messages.STATUS_INVALID),
+                          deadline, "issuing")
+        if body.status == messages.STATUS_INVALID or body.certificate is None:
+            raise AcmeError("the ACME CA did not issue: %s" % (problem(body.error) if body.error else "order invalid"))
+        try:
+            chain = x509.load_pem_x509_certificates(acme._post_as_get(body.certificate).content)
+        except ValueError:
+            raise AcmeError("the ACME CA sent no PEM certificate chain from %s" % body.certificate)
+        if spki_der(chain[0]) != spki_der(csr):
+            raise AcmeError("the ACME CA's certificate does not carry the requested key")
+        return [der(c) for c in chain]
