@@ -11,6 +11,7 @@ from tlsguard_host.progress import Progress
 
 PASSPHRASE_ENV = "TLSGUARD_CA_PASSPHRASE"
 DEFAULT_DIR = "pki"
+DEVICE_DAYS_SIGN = 90
 
 
 def passphrase(args, creating=False):
@@ -116,6 +117,30 @@ def run_import(args):
           % (args.device_id, common_name(cert.issuer), cert.not_valid_after_utc.date()))
 
 
+def run_sign(args):
+    from cryptography import x509
+
+    from tlsguard_host.certfile import pem
+    from tlsguard_host.issuer import IssueError, LocalIssuer, Policy
+    csr = read_file(args.csr, "CSR file")
+    # By hand the operator is the policy: any name, unless --allow narrows it.
+    policy = Policy(args.allow or ("*",), args.days)
+    try:
+        ders = LocalIssuer(_ca(args)).issue(csr, policy)
+    except IssueError as e:
+        raise CLIError("%s: %s" % (args.csr, e.detail))
+    certs = [x509.load_der_x509_certificate(d) for d in ders]
+    out = b"".join(pem(c) for c in certs)
+    if args.out:
+        with open(args.out, "wb") as f:
+            f.write(out)
+        cert = certs[0]
+        print("signed %s: serial %x, valid to %s, written to %s" % (
+            common_name(cert.subject), cert.serial_number, cert.not_valid_after_utc.date(), args.out))
+    else:
+        sys.stdout.write(out.decode())
+
+
 def _passphrase_args(p):
     p.add_argument("--passphrase-file", help="file holding the CA key passphrase (else $%s or a prompt)"
                    % PASSPHRASE_ENV)
@@ -157,6 +182,15 @@ def register(sub):
     q.add_argument("--key-type", choices=ca_mod.KINDS, default="ec")
     q.add_argument("--org", help="organisation name in the CSR")
     q.set_defaults(func=run_csr)
+
+    q = csub.add_parser("sign", help="sign a device's CSR (PKCS#10, PEM or DER) by hand")
+    q.add_argument("--csr", required=True, help="the CSR file")
+    q.add_argument("--days", type=int, default=DEVICE_DAYS_SIGN, help="validity in days (default %(default)s)")
+    q.add_argument("--allow", action="append", metavar="PATTERN",
+                   help="names the CSR may carry (shell pattern, repeatable; default: any)")
+    q.add_argument("--out", help="write the chain (leaf, issuing CA) as PEM here (default: stdout)")
+    _passphrase_args(q)
+    q.set_defaults(func=run_sign)
 
     q = csub.add_parser("import", help="store the certificate an external CA signed for a device")
     q.add_argument("--device-id", required=True)
