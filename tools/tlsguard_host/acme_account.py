@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tlsguard_host.certfile import load_private_key, read_file, write_atomic
 from tlsguard_host.cli import CLIError
+from tlsguard_host.issuer import IssueError
 
 CONFIG = "acme.json"
 ACCOUNT_KEY = "acme-account.key"
@@ -26,8 +27,15 @@ MAX_RETRY_AFTER = 60  # seconds: a longer wait is an error the operator sees, no
 USER_AGENT = "tlsguard-acme"
 
 
-class AcmeError(CLIError):
-    """The ACME CA refused or could not be reached; the message names the cause."""
+class AcmeError(IssueError, CLIError):
+    """The ACME CA refused ("refused") or could not be reached or asked to wait ("unavailable"); the
+    message names the cause. A CLIError too, so `tlsguard ca` prints it as it is."""
+
+    def __init__(self, detail, kind="unavailable"):
+        super().__init__(kind, detail)
+
+    def __str__(self):
+        return self.detail
 
 
 def problem(e):
@@ -88,10 +96,6 @@ class Account:
     def path(self, name):
         return os.path.join(self.folder, name)
 
-    @staticmethod
-    def configured(folder):
-        return os.path.exists(os.path.join(folder, CONFIG))
-
     def load_config(self):
         try:
             return json.loads(read_file(self.path(CONFIG), "ACME config"))
@@ -103,7 +107,7 @@ class Account:
 
     def verify(self, conf):
         """What requests verifies the CA's HTTPS with: the stored server CA, else the system's."""
-        return self.path(SERVER_CA) if conf.get("server_ca") else True
+        return self.path(conf["server_ca"]) if conf.get("server_ca") else True
 
     def new_key(self):
         key = ec.generate_private_key(ec.SECP256R1())
@@ -139,5 +143,5 @@ class Account:
             regr = messages.RegistrationResource(uri=e.location, body=messages.Registration())
             acme.net.account = regr
         except messages.Error as e:
-            raise AcmeError("the ACME CA refused the account: %s" % problem(e))
+            raise AcmeError("the ACME CA refused the account: %s" % problem(e), "refused")
         return regr.uri

@@ -13,14 +13,15 @@ import threading
 
 from acme import challenges
 
+from tlsguard_host.acme_account import AcmeError
 from tlsguard_host.cli import CLIError
 
 HOOK_TIMEOUT = 120
 TYPES = ("dns-01", "http-01")
 
 
-class ChallengeError(CLIError):
-    """A challenge could not be set up (hook failed, address in use)."""
+class ChallengeError(AcmeError):
+    """A challenge could not be answered (hook failed, address in use)."""
 
 
 class Hook:

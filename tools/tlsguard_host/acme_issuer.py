@@ -2,7 +2,8 @@
 is (its key never leaves it), for the names the issuance policy allows and nothing else.
 
 `AcmeIssuer(folder, passphrase).issue(csr_der, policy=None) -> [leaf_der, chain_der...]` is the
-same call as the local CA's issuer, so `tlsguard ca` and the enrollment server take either.
+Issuer interface of issuer.py (LocalIssuer's twin), so `tlsguard ca` and the enrollment server take
+either. Without a policy, the names allowed at `acme-init` apply; the CA sets the lifetime.
 """
 import logging
 import threading
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from tlsguard_host.acme_account import Account, AcmeError, problem
 from tlsguard_host.acme_challenge import ChallengeError, Responder
 from tlsguard_host.certfile import der, spki_der
-from tlsguard_host.cli import CLIError
+from tlsguard_host.issuer import Issuer, Policy
 
 ORDER_ATTEMPTS = 3  # new orders after a transient validation failure (CA-side DNS hiccups)
 ORDER_TIMEOUT = 120  # seconds from new order to certificate
@@ -24,60 +25,22 @@ TRANSIENT = ("dns", "connection", "serverInternal")
 log = logging.getLogger("tlsguard.acme")
 
 
-class PolicyError(CLIError):
-    """A CSR asks for a name the issuance policy does not allow; no order was placed."""
-
-
-class NamePolicy:
-    """Names a certificate may carry: exact names, or '*.example.com' for any one label under it."""
-
-    def __init__(self, allow):
-        self.allow = [a.lower().rstrip(".") for a in allow]
-
-    def allows(self, name):
-        name = name.lower().rstrip(".")
-        for pat in self.allow:
-            if pat.startswith("*."):
-                head, _, tail = name.partition(".")
-                if tail == pat[2:] and head and head != "*":
-                    return True
-            elif name == pat:
-                return True
-        return False
-
-    def check(self, names):
-        bad = [n for n in names if not self.allows(n)]
-        if bad:
-            raise PolicyError("%s not allowed by the issuance policy (allowed: %s); no order placed"
-                              % (", ".join(bad), ", ".join(self.allow) or "nothing: add --allow"))
-
-
 class _Transient(Exception):
     pass
 
 
-def csr_names(csr):
-    """The identifiers an order for this CSR asks for: CN first, then DNS and IP SANs."""
+def order_names(csr):
+    """The identifiers an order for this CSR asks for (the library's reading: CN first, SANs)."""
     dns, ips = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
     return dns + ips
 
 
-def load_csr(csr_der):
-    try:
-        csr = x509.load_der_x509_csr(csr_der)
-    except ValueError:
-        raise CLIError("not a DER PKCS#10 certificate request")
-    if not csr.is_signature_valid:
-        raise CLIError("the certificate request's signature does not verify")
-    return csr
-
-
-class AcmeIssuer:
+class AcmeIssuer(Issuer):
     def __init__(self, folder, passphrase=None, max_retry_after=None):
         self.account = Account(folder, passphrase)
         self.conf = self.account.load_config()
         self.key = self.account.load_key()
-        self.policy = NamePolicy(self.conf.get("allow", []))
+        self.policy = Policy(self.conf.get("allow", ()), require_cn=False)
         self.net_kw = {} if max_retry_after is None else {"max_retry_after": max_retry_after}
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -105,11 +68,8 @@ class AcmeIssuer:
 
     def issue(self, csr_der, policy=None):
         """The certificate chain [leaf, intermediates...] (DER) the CA issues for this CSR."""
-        csr = load_csr(csr_der)
-        names = csr_names(csr)
-        if not names:
-            raise PolicyError("the certificate request names no DNS name or IP address")
-        (policy or self.policy).check(names)
+        csr = (policy or self.policy).check(csr_der)
+        names = order_names(csr)
         with self._lock:
             if self.responder is None:  # the http-01 server binds its port on first use
                 self.responder = Responder(self.conf.get("challenge", {}))
@@ -128,7 +88,8 @@ class AcmeIssuer:
         try:
             orderr = acme.new_order(csr_pem)
         except messages.Error as e:
-            raise AcmeError("the ACME CA refused the order for %s: %s" % (", ".join(names), problem(e)))
+            raise AcmeError("the ACME CA refused the order for %s: %s" % (", ".join(names), problem(e)),
+                            "refused")
         answered = []
         try:
             for authzr in orderr.authorizations:
@@ -171,7 +132,8 @@ class AcmeIssuer:
         if errs and errs[0].code in TRANSIENT:
             raise _Transient(problem(errs[0]))
         raise AcmeError("%s challenge for %s failed: %s" % (
-            self.responder.typ, domain, problem(errs[0]) if errs else "authorization %s" % body.status))
+            self.responder.typ, domain, problem(errs[0]) if errs else "authorization %s" % body.status),
+            "refused")
 
     def _finalize(self, acme, orderr, csr, deadline):
         try:

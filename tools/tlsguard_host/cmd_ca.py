@@ -5,6 +5,7 @@ import os
 import sys
 
 from tlsguard_host import ca as ca_mod
+from tlsguard_host import cmd_ca_acme
 from tlsguard_host.certfile import common_name, read_file, spki_pin
 from tlsguard_host.cli import CLIError
 from tlsguard_host.progress import Progress
@@ -87,6 +88,11 @@ def _device_ids(args):
 
 def run_issue(args):
     devices = _device_ids(args)
+    if cmd_ca_acme.configured(args.dir):
+        return cmd_ca_acme.run_issue(args, devices, passphrase(args))
+    if args.renew:
+        raise CLIError("--renew is for a CA folder set up with `tlsguard ca acme-init`; the local CA "
+                       "issues a new key with --force")
     ca = _ca(args)
     bar = Progress(len(devices), "issuing") if len(devices) > 1 else None
     for device_id, dns, ips in devices:
@@ -120,20 +126,26 @@ def run_import(args):
 def run_sign(args):
     from cryptography import x509
 
-    from tlsguard_host.certfile import pem
+    from tlsguard_host.certfile import pem, write_atomic
     from tlsguard_host.issuer import IssueError, LocalIssuer, Policy
     csr = read_file(args.csr, "CSR file")
-    # By hand the operator is the policy: any name, unless --allow narrows it.
-    policy = Policy(args.allow or ("*",), args.days)
     try:
-        ders = LocalIssuer(_ca(args)).issue(csr, policy)
+        if cmd_ca_acme.configured(args.dir):
+            # The names allowed at acme-init always apply; --allow narrows them further.
+            from tlsguard_host.acme_issuer import AcmeIssuer
+            if args.allow:
+                Policy(args.allow, require_cn=False).check(csr)
+            with AcmeIssuer(args.dir, passphrase(args)) as issuer:
+                ders = issuer.issue(csr)
+        else:
+            # By hand the operator is the policy: any name, unless --allow narrows it.
+            ders = LocalIssuer(_ca(args)).issue(csr, Policy(args.allow or ("*",), args.days))
     except IssueError as e:
         raise CLIError("%s: %s" % (args.csr, e.detail))
     certs = [x509.load_der_x509_certificate(d) for d in ders]
     out = b"".join(pem(c) for c in certs)
     if args.out:
-        with open(args.out, "wb") as f:
-            f.write(out)
+        write_atomic(args.out, out)
         cert = certs[0]
         print("signed %s: serial %x, valid to %s, written to %s" % (
             common_name(cert.subject), cert.serial_number, cert.not_valid_after_utc.date(), args.out))
@@ -172,6 +184,9 @@ def register(sub):
 
     q = csub.add_parser("issue", help="key + certificate for one device or a batch")
     _device_args(q)
+    q.add_argument("--renew", action="store_true", help="ACME: new certificate for the device's current key")
+    q.add_argument("--jobs", type=int, default=cmd_ca_acme.DEFAULT_JOBS,
+                   help="ACME: orders in flight at once (default %(default)s)")
     q.add_argument("--key-type", choices=ca_mod.KINDS, help="device key type (default: the CA's)")
     q.add_argument("--days", type=int, default=ca_mod.DEVICE_DAYS, help="validity in days (default %(default)s)")
     _passphrase_args(q)
@@ -191,6 +206,9 @@ def register(sub):
     q.add_argument("--out", help="write the chain (leaf, issuing CA) as PEM here (default: stdout)")
     _passphrase_args(q)
     q.set_defaults(func=run_sign)
+
+    q = cmd_ca_acme.register(csub, _passphrase_args)
+    q.set_defaults(func=lambda args: cmd_ca_acme.run_acme_init(args, passphrase(args, creating=True)))
 
     q = csub.add_parser("import", help="store the certificate an external CA signed for a device")
     q.add_argument("--device-id", required=True)
