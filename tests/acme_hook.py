@@ -1,23 +1,36 @@
-"""dns-01 hook for the tests, as a user would write one: `acme_hook.py URL [--wrong] set|clear
-dns-01 NAME VALUE` puts the TXT record into pebble-challtestsrv's DNS (its management API at URL).
---wrong publishes a different value, as a misconfigured hook would."""
+"""dns-01 hook for the tests, as a user would write one: `acme_hook.py URL [MODE] set|clear dns-01
+NAME VALUE` puts the TXT record into pebble-challtestsrv's DNS (its management API at URL).
+MODE: --wrong publishes another value (a misconfigured hook); --servfail makes the CA's lookups of
+NAME fail (a broken DNS); --servfail-once=FILE does so for the first order only (a DNS hiccup)."""
 import json
+import os
 import sys
 import urllib.request
 
 
+def post(url, path, body):
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST")
+    urllib.request.urlopen(req, timeout=10).read()
+
+
 def main(argv):
     url, argv = argv[0], argv[1:]
-    wrong = argv[0] == "--wrong"
-    if wrong:
-        argv = argv[1:]
+    mode = argv.pop(0) if argv[0].startswith("--") else ""
     action, typ, name, value = argv
     assert typ == "dns-01", typ
-    body = {"host": name.rstrip(".") + "."}
-    if action == "set":
-        body["value"] = "not-" + value if wrong else value
-    req = urllib.request.Request("%s/%s-txt" % (url, action), data=json.dumps(body).encode(), method="POST")
-    urllib.request.urlopen(req, timeout=10).read()
+    host = name.rstrip(".") + "."
+    if action == "clear":
+        post(url, "/clear-txt", {"host": host})
+        post(url, "/clear-servfail", {"host": host})
+        return
+    post(url, "/set-txt", {"host": host, "value": "not-" + value if mode == "--wrong" else value})
+    if mode == "--servfail" or mode.startswith("--servfail-once="):
+        flag = mode.partition("=")[2]
+        if flag and os.path.exists(flag):
+            return
+        if flag:
+            open(flag, "w").close()
+        post(url, "/set-servfail", {"host": host})
 
 
 if __name__ == "__main__":

@@ -35,10 +35,11 @@ def free_port(udp_too=False):
 
 
 class Pebble:
-    """pebble + pebble-challtestsrv. `env` is pebble's (PEBBLE_WFE_NONCEREJECT=...); http_port is
-    where pebble's VA fetches http-01 tokens (ours to serve; challtestsrv's http-01 is off)."""
+    """pebble + pebble-challtestsrv. `env_extra` adds to pebble's environment; http_port is
+    where pebble's VA fetches http-01 tokens (ours to serve; challtestsrv's http-01 is off). Nonces
+are rejected only when a test asks for it (env_extra PEBBLE_WFE_NONCEREJECT)."""
 
-    def __init__(self, folder, env=None, http_port=None):
+    def __init__(self, folder, env_extra=None, http_port=None):
         self.folder = str(folder)
         self.listener_ca = pki.CA("pebble listener root")
         self.crt, self.key = self.listener_ca.issue(("127.0.0.1", "localhost")).write(self.folder, "pebble-listener")
@@ -47,7 +48,8 @@ class Pebble:
             f.write(self.listener_ca.pem)
         self.procs = []
         self.logs = []
-        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", **(env or {}))
+        env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
+        env.update(env_extra or {})
         for attempt in range(ATTEMPTS):
             try:
                 self._start(env, http_port or free_port())

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 
-from acme import crypto_util, messages
+from acme import crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -19,9 +19,13 @@ from tlsguard_host.certfile import der, spki_der
 from tlsguard_host.issuer import Issuer, Policy
 
 ORDER_ATTEMPTS = 3  # new orders after a transient validation failure (CA-side DNS hiccups)
-ORDER_TIMEOUT = 120  # seconds from new order to certificate
+ORDER_TIMEOUT = 120
+UNAVAILABLE = ("badNonce", "rateLimited", "serverInternal")  # seconds from new order to certificate
 # Validation errors worth a new order: the CA's own lookup or connection failed, not our answer.
+# pebble reports a failed TXT lookup (SERVFAIL, "dns: overflowing header size") as unauthorized
+# "Error retrieving TXT records"; Boulder as type dns "DNS problem: ...".
 TRANSIENT = ("dns", "connection", "serverInternal")
+TRANSIENT_DETAIL = ("Error retrieving TXT records", "overflowing header size", "SERVFAIL")
 log = logging.getLogger("tlsguard.acme")
 
 
@@ -73,14 +77,21 @@ class AcmeIssuer(Issuer):
         with self._lock:
             if self.responder is None:  # the http-01 server binds its port on first use
                 self.responder = Responder(self.conf.get("challenge", {}))
-        acme = self._client()
         csr_pem = csr.public_bytes(serialization.Encoding.PEM)
-        for attempt in range(1, ORDER_ATTEMPTS + 1):
-            try:
-                return self._order(acme, csr, csr_pem, names)
-            except _Transient as e:
-                log.info("order for %s: %s (attempt %d)", names[0], e, attempt)
-                last = e
+        try:
+            acme = self._client()
+            for attempt in range(1, ORDER_ATTEMPTS + 1):
+                try:
+                    return self._order(acme, csr, csr_pem, names)
+                except _Transient as e:
+                    log.info("order for %s: %s (attempt %d)", names[0], e, attempt)
+                    last = e
+        except messages.Error as e:
+            # What the retries did not absorb (badNonce after NONCE_RETRIES, malformed, ...).
+            raise AcmeError("the ACME CA answered %s for %s" % (problem(e), ", ".join(names)),
+                            "unavailable" if e.code in UNAVAILABLE else "refused")
+        except errors.Error as e:
+            raise AcmeError("unexpected answer from the ACME CA for %s: %s" % (", ".join(names), e))
         raise AcmeError("validation of %s failed %d times: %s" % (", ".join(names), ORDER_ATTEMPTS, last))
 
     def _order(self, acme, csr, csr_pem, names):
@@ -129,7 +140,7 @@ class AcmeIssuer(Issuer):
         if body.status == messages.STATUS_VALID:
             return
         errs = [c.error for c in body.challenges if c.error is not None]
-        if errs and errs[0].code in TRANSIENT:
+        if errs and (errs[0].code in TRANSIENT or any(t in (errs[0].detail or "") for t in TRANSIENT_DETAIL)):
             raise _Transient(problem(errs[0]))
         raise AcmeError("%s challenge for %s failed: %s" % (
             self.responder.typ, domain, problem(errs[0]) if errs else "authorization %s" % body.status),

@@ -1,0 +1,367 @@
+"""`tlsguard ca` issuing from a real ACME CA (pebble + pebble-challtestsrv on loopback): batches of
+devices over dns-01 and http-01, the device's own CSR, renewal, and every refusal with its cause
+and nothing half written: policy, failing challenges, badNonce, rateLimited, CA unreachable."""
+import datetime
+import json
+import os
+import socket
+import stat
+import sys
+import threading
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import verification
+
+from acme_pebble import Pebble, free_port
+from conftest import pyrepr
+from fakeboard import tlsguard
+import servers
+
+PW = {"TLSGUARD_CA_PASSPHRASE": "acme account pass"}
+HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "acme_hook.py")
+ALLOW = "*.fleet.example.com"
+
+
+@pytest.fixture
+def start_pebble(tmp_path):
+    started = []
+
+    def start(env=None, http_port=None):
+        folder = tmp_path / ("pebble%d" % len(started))
+        folder.mkdir()
+        pb = Pebble(folder, env, http_port)
+        started.append(pb)
+        return pb
+
+    yield start
+    for pb in started:
+        pb.close()
+
+
+@pytest.fixture
+def pebble(start_pebble):
+    return start_pebble()
+
+
+def hook(pb, mode=None):
+    return " ".join([sys.executable, HOOK, "http://127.0.0.1:%d" % pb.chall_mgmt] + ([mode] if mode else []))
+
+
+def acme_init(pb, folder, *extra, challenge=None, allow=(ALLOW,), env=PW):
+    args = ["ca", "--dir", folder, "acme-init", "--directory", pb.directory, "--server-ca", pb.server_ca,
+            "--agree-tos", "--contact", "fleet-ops@example.com"]
+    args += challenge or ["--dns-hook", hook(pb)]
+    for a in allow:
+        args += ["--allow", a]
+    return tlsguard(*(args + list(extra)), env=env)
+
+
+@pytest.fixture
+def acme_dir(pebble, tmp_path):
+    r = acme_init(pebble, tmp_path / "acme")
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "acme"
+
+
+def chain_of(path):
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+def verify(pb, chain, name):
+    """The chain verifies for `name` against this pebble run's root (RFC 5280, cryptography)."""
+    root = x509.load_pem_x509_certificate(pb.root_pem())
+    verifier = (verification.PolicyBuilder().store(verification.Store([root]))
+                .build_server_verifier(x509.DNSName(name)))
+    verifier.verify(chain[0], chain[1:])
+
+
+def device_csr(*names, key=None):
+    """A CSR as a device makes it: its own P-256 key, CN and SANs the names."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, names[0])]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+           .sign(key, hashes.SHA256()))
+    return key, csr.public_bytes(serialization.Encoding.DER)
+
+
+def spki(obj):
+    pub = obj.public_key()
+    return pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def files_under(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def write_batch(path, ids, domain="fleet.example.com"):
+    path.write_text("".join("%s %s.%s\n" % (i, i, domain) for i in ids))
+    return path
+
+
+@pytest.mark.pebble
+def test_acme_init_stores_encrypted_account_key(pebble, acme_dir):
+    key = acme_dir / "acme-account.key"
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY")
+    with pytest.raises(TypeError):
+        serialization.load_pem_private_key(key.read_bytes(), None)
+    priv = serialization.load_pem_private_key(key.read_bytes(), PW["TLSGUARD_CA_PASSPHRASE"].encode())
+    assert isinstance(priv.curve, ec.SECP256R1)
+    conf = json.loads((acme_dir / "acme.json").read_text())
+    assert conf["directory"] == pebble.directory and conf["allow"] == [ALLOW]
+    assert conf["account_url"].startswith(pebble.directory.rsplit("/", 1)[0])
+    assert stat.S_IMODE(os.stat(acme_dir).st_mode) == 0o700
+    # The same key again finds the same account (the CA answers newAccount with a conflict).
+    r = acme_init(pebble, acme_dir, "--force")
+    assert r.returncode == 0, r.stderr
+    assert "ACME account found" in r.stdout
+    assert json.loads((acme_dir / "acme.json").read_text())["account_url"] == conf["account_url"]
+    assert key.read_bytes() == (acme_dir / "acme-account.key").read_bytes()
+
+
+@pytest.mark.pebble
+def test_batch_dns01_issues_certificates_that_verify(pebble, acme_dir, tmp_path):
+    ids = ["unit-%03d" % i for i in range(12)]
+    r = tlsguard("ca", "--dir", acme_dir, "issue", "--batch", write_batch(tmp_path / "fleet.txt", ids), env=PW)
+    assert r.returncode == 0, r.stderr
+    assert "100% (12/12)" in r.stderr and "issued 12 device certificates" in r.stdout
+    serials = set()
+    for i in ids:
+        dev = acme_dir / "devices" / i
+        chain = chain_of(dev / "device.crt")
+        verify(pebble, chain, "%s.fleet.example.com" % i)
+        key = serialization.load_pem_private_key((dev / "device.key").read_bytes(), None)
+        assert spki(chain[0]) == spki(key)
+        assert stat.S_IMODE(os.stat(dev / "device.key").st_mode) == 0o600
+        serials.add(chain[0].serial_number)
+    assert len(serials) == len(ids)
+
+
+@pytest.mark.pebble
+def test_device_csr_signed_key_stays_on_device(pebble, acme_dir, tmp_path):
+    key, csr = device_csr("router.fleet.example.com")
+    (tmp_path / "router.csr").write_bytes(csr)
+    out = tmp_path / "router-chain.pem"
+    r = tlsguard("ca", "--dir", acme_dir, "sign", "--csr", tmp_path / "router.csr", "--out", out, env=PW)
+    assert r.returncode == 0, r.stderr
+    chain = chain_of(out)
+    assert spki(chain[0]) == spki(key)
+    verify(pebble, chain, "router.fleet.example.com")
+    assert not (acme_dir / "devices").exists()  # no key was made or kept on the host
+
+
+@pytest.mark.pebble
+def test_http01_server_and_device_trusts_pebble_root(start_pebble, tmp_path, mpy):
+    port = free_port()
+    pb = start_pebble(http_port=port)
+    r = acme_init(pb, tmp_path / "acme", challenge=["--http01", "127.0.0.1:%d" % port])
+    assert r.returncode == 0, r.stderr
+    r = tlsguard("ca", "--dir", tmp_path / "acme", "issue", "--device-id", "gw-1",
+                 "--dns", "gw-1.fleet.example.com", env=PW)
+    assert r.returncode == 0, r.stderr
+    assert "issued gw-1" in r.stdout
+    dev = tmp_path / "acme" / "devices" / "gw-1"
+    verify(pb, chain_of(dev / "device.crt"), "gw-1.fleet.example.com")
+    # A device (MicroPython, tlsguard unchanged) with pebble's root verifies a server that presents
+    # the ACME-issued chain, by name.
+    srv = servers.PyTLSServer(str(dev / "device.crt"), str(dev / "device.key"))
+    try:
+        root = x509.load_pem_x509_certificate(pb.root_pem()).public_bytes(serialization.Encoding.DER)
+        out = mpy.value("""
+import socket, tlsguard
+ctx = tlsguard.SecureContext(cadata=%s)
+s = socket.socket()
+s.connect(socket.getaddrinfo("127.0.0.1", %d)[0][-1])
+s = ctx.wrap_socket(s, server_hostname="gw-1.fleet.example.com")
+s.write(b"hi\\n")
+emit(s.readline().decode())
+s.close()
+""" % (pyrepr(root), srv.port))
+        assert out == "echo:hi\n"
+    finally:
+        srv.close()
+
+
+@pytest.mark.pebble
+def test_renewal_keeps_key_and_failed_renewal_keeps_old_cert(start_pebble, tmp_path):
+    pb = start_pebble()
+    acme = tmp_path / "acme"
+    assert acme_init(pb, acme).returncode == 0
+    args = ("ca", "--dir", acme, "issue", "--device-id", "s1", "--dns", "s1.fleet.example.com")
+    assert tlsguard(*args, env=PW).returncode == 0
+    dev = acme / "devices" / "s1"
+    first, key = chain_of(dev / "device.crt")[0], (dev / "device.key").read_bytes()
+    r = tlsguard(*args, env=PW)
+    assert r.returncode == 2 and "already has a key" in r.stderr and "--renew" in r.stderr
+    r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "s1", "--renew", env=PW)
+    assert r.returncode == 0, r.stderr
+    second = chain_of(dev / "device.crt")[0]
+    assert second.serial_number != first.serial_number
+    assert (dev / "device.key").read_bytes() == key and spki(second) == spki(first)
+    assert second.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.DNSName) == ["s1.fleet.example.com"]
+    # The CA goes away: the renewal fails naming that, and the device keeps its working files.
+    before = {f: (dev / f).read_bytes() for f in os.listdir(dev)}
+    pb.close()
+    r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "s1", "--renew", env=PW)
+    assert r.returncode == 2 and "ACME CA unreachable at %s" % pb.directory in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert {f: (dev / f).read_bytes() for f in os.listdir(dev)} == before
+
+
+class CountingListener:
+    """A TCP port that counts who connects: the proof that nothing was sent to the CA."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.pebble
+@pytest.mark.parametrize("names", [["evil.example.net"], ["ok.fleet.example.com", "a.b.other.example.org"]])
+def test_policy_refuses_before_any_order(acme_dir, tmp_path, names):
+    conf = json.loads((acme_dir / "acme.json").read_text())
+    spy = CountingListener()
+    conf["directory"] = "https://127.0.0.1:%d/dir" % spy.port
+    (acme_dir / "acme.json").write_text(json.dumps(conf))
+    try:
+        _, csr = device_csr(*names)
+        (tmp_path / "d.csr").write_bytes(csr)
+        r = tlsguard("ca", "--dir", acme_dir, "sign", "--csr", tmp_path / "d.csr", "--out", tmp_path / "o.pem", env=PW)
+        assert r.returncode == 2
+        bad = [n for n in names if not n.endswith(".fleet.example.com")][0]
+        assert "name %r is not allowed by the issuance policy" % bad in r.stderr, r.stderr
+        batch = tmp_path / "b.txt"
+        batch.write_text("ok1 ok1.fleet.example.com\nbad %s\n" % " ".join(names))
+        r = tlsguard("ca", "--dir", acme_dir, "issue", "--batch", batch, env=PW)
+        assert r.returncode == 2 and "refused locally, no order placed" in r.stderr
+        assert "bad: name %r is not allowed" % bad in r.stderr
+        assert spy.accepted == 0
+        assert not (tmp_path / "o.pem").exists() and not (acme_dir / "devices").exists()
+    finally:
+        spy.close()
+
+
+@pytest.mark.pebble
+@pytest.mark.parametrize("mode,needle", [
+    ("--wrong", "dns-01 challenge for bad-1.fleet.example.com failed: unauthorized"),
+    ("--servfail", "validation of bad-1.fleet.example.com failed 3 times: unauthorized: Error retrieving TXT"),
+])
+def test_failing_challenge_is_named_and_writes_nothing(pebble, tmp_path, mode, needle):
+    acme = tmp_path / "acme"
+    assert acme_init(pebble, acme, challenge=["--dns-hook", hook(pebble, mode)]).returncode == 0
+    r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "bad-1", "--dns", "bad-1.fleet.example.com", env=PW)
+    assert r.returncode == 2, r.stdout
+    assert needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (acme / "devices").exists()
+
+
+@pytest.mark.pebble
+def test_transient_dns_failure_gets_a_new_order(pebble, tmp_path):
+    acme = tmp_path / "acme"
+    flag = tmp_path / "servfail-done"
+    assert acme_init(pebble, acme, challenge=["--dns-hook", hook(pebble, "--servfail-once=%s" % flag)]).returncode == 0
+    r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "d", "--dns", "d.fleet.example.com", env=PW)
+    assert r.returncode == 0, r.stderr
+    assert flag.exists()  # the first order did fail at the CA's DNS lookup
+    verify(pebble, chain_of(acme / "devices" / "d" / "device.crt"), "d.fleet.example.com")
+
+
+@pytest.mark.pebble
+def test_failing_hook_is_named(pebble, tmp_path):
+    script = tmp_path / "hook.sh"
+    script.write_text("#!/bin/sh\necho 'zone example.com: permission denied' >&2\nexit 3\n")
+    script.chmod(0o755)
+    acme = tmp_path / "acme"
+    assert acme_init(pebble, acme, challenge=["--dns-hook", str(script)]).returncode == 0
+    r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "d", "--dns", "d.fleet.example.com", env=PW)
+    assert r.returncode == 2
+    assert "dns-01 hook %r failed (exit 3) to set _acme-challenge.d.fleet.example.com: zone example.com: " \
+           "permission denied" % str(script) in r.stderr, r.stderr
+    assert not (acme / "devices").exists()
+
+
+@pytest.mark.pebble
+def test_bad_nonce_retried(start_pebble, tmp_path):
+    """pebble rejects 40% of good nonces: the library's single retry would lose most batches."""
+    pb = start_pebble(env={"PEBBLE_WFE_NONCEREJECT": "40"})
+    acme = tmp_path / "acme"
+    r = acme_init(pb, acme)
+    assert r.returncode == 0, r.stderr
+    ids = ["n%d" % i for i in range(8)]
+    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ids), env=PW)
+    assert r.returncode == 0, r.stderr
+    for i in ids:
+        verify(pb, chain_of(acme / "devices" / i / "device.crt"), "%s.fleet.example.com" % i)
+
+
+@pytest.mark.pebble
+def test_ca_unreachable_or_untrusted_at_init_leaves_nothing(pebble, tmp_path):
+    dead = "https://127.0.0.1:%d/dir" % free_port()
+    r = tlsguard("ca", "--dir", tmp_path / "a", "acme-init", "--directory", dead, "--dns-hook", "true",
+                 "--allow", ALLOW, "--agree-tos", env=PW)
+    assert r.returncode == 2 and "ACME CA unreachable at %s" % dead in r.stderr, r.stderr
+    assert not (tmp_path / "a").exists()
+    # pebble's HTTPS certificate does not chain to the system's roots: refused, named, nothing kept.
+    r = tlsguard("ca", "--dir", tmp_path / "b", "acme-init", "--directory", pebble.directory,
+                 "--dns-hook", "true", "--allow", ALLOW, "--agree-tos", env=PW)
+    assert r.returncode == 2 and "TLS to the ACME CA %s failed" % pebble.directory in r.stderr, r.stderr
+    assert "CERTIFICATE_VERIFY_FAILED" in r.stderr
+    assert not (tmp_path / "b").exists()
+    r = acme_init(pebble, tmp_path / "c", allow=())
+    assert r.returncode == 2 and "--allow PATTERN" in r.stderr
+
+
+@pytest.mark.pebble
+def test_ca_stops_mid_batch(start_pebble, tmp_path):
+    pb = start_pebble()
+    acme = tmp_path / "acme"
+    assert acme_init(pb, acme).returncode == 0
+    pb.close()
+    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ["x1", "x2", "x3"]),
+                 "--jobs", "1", env=PW)
+    assert r.returncode == 2
+    assert "3 of 3 devices got no certificate (their files are unchanged)" in r.stderr, r.stderr
+    assert "ACME CA unreachable" in r.stderr and "not attempted" in r.stderr
+    assert not (acme / "devices").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dns-hook", "x", "--http01", "127.0.0.1:1"], "exactly one way to answer challenges"),
+    ([], "exactly one way to answer challenges"),
+])
+def test_acme_init_user_errors(tmp_path, args, needle):
+    r = tlsguard("ca", "--dir", tmp_path / "a", "acme-init", "--directory", "https://127.0.0.1:1/dir",
+                 "--allow", ALLOW, *args, env=PW)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_acme_init_refuses_a_local_ca_folder(tmp_path):
+    assert tlsguard("ca", "--dir", tmp_path / "pki", "init", env=PW).returncode == 0
+    r = tlsguard("ca", "--dir", tmp_path / "pki", "acme-init", "--directory", "https://127.0.0.1:1/dir",
+                 "--dns-hook", "true", "--allow", ALLOW, env=PW)
+    assert r.returncode == 2 and "holds a local CA" in r.stderr
+    r = tlsguard("ca", "--dir", tmp_path / "pki", "issue", "--device-id", "d", "--renew", env=PW)
+    assert r.returncode == 2 and "--renew is for a CA folder set up with" in r.stderr
