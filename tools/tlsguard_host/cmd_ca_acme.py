@@ -133,33 +133,49 @@ def run_issue(args, devices, passphrase):
             except IssueError as e:
                 refused.append("%s: %s" % (device_id, e.detail))
         if refused:
-            raise CLIError("refused locally, no order placed: " + _listing(refused, len(requests)))
+            raise CLIError("refused locally, no order placed: " + _listing(refused))
         failed = _issue_all(issuer, ca, requests, args.jobs)
     if failed:
         raise CLIError("%d of %d devices got no certificate (their files are unchanged): %s"
-                       % (len(failed), len(requests), _listing(failed, len(requests))))
+                       % (len(failed), len(requests), _listing(failed)))
     if len(requests) > 1:
         print("issued %d device certificates in %s" % (len(requests), os.path.join(args.dir, "devices")))
 
 
+class _NotAttempted(Exception):
+    pass
+
+
+class _Batch:
+    """issuer.issue for a pool of threads; once the CA is found down, no more orders are placed."""
+
+    def __init__(self, issuer):
+        self.issuer = issuer
+        self.stopped = None
+
+    def issue(self, csr):
+        from tlsguard_host.acme_account import AcmeError
+        if self.stopped:
+            raise _NotAttempted("not attempted (stopped after: %s)" % self.stopped)
+        try:
+            return self.issuer.issue(csr)
+        except AcmeError as e:
+            if e.kind == "unavailable" and not self.stopped:
+                self.stopped = e.detail
+            raise
+
+
 def _issue_all(issuer, ca, requests, jobs):
-    from tlsguard_host.acme_account import AcmeError
     bar = Progress(len(requests), "issuing") if len(requests) > 1 else None
-    failed, stop = [], None
+    batch, failed = _Batch(issuer), []
     with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = {pool.submit(issuer.issue, csr): (device_id, key_pem) for device_id, (key_pem, csr) in requests}
+        futures = {pool.submit(batch.issue, csr): (device_id, key_pem) for device_id, (key_pem, csr) in requests}
         for fut in concurrent.futures.as_completed(futures):
             device_id, key_pem = futures[fut]
             try:
                 chain = fut.result()
-            except concurrent.futures.CancelledError:
-                failed.append("%s: not attempted (%s)" % (device_id, stop))
-            except (IssueError, CLIError) as e:
+            except (IssueError, CLIError, _NotAttempted) as e:
                 failed.append("%s: %s" % (device_id, e.detail if isinstance(e, IssueError) else e))
-                if isinstance(e, AcmeError) and e.kind == "unavailable" and stop is None:
-                    stop = "stopped after: %s" % e.detail  # the CA is down: place no more orders
-                    for f in futures:
-                        f.cancel()
             else:
                 _store(ca, device_id, key_pem, chain)
                 if not bar:
@@ -174,7 +190,7 @@ def _issue_all(issuer, ca, requests, jobs):
     return failed
 
 
-def _listing(lines, total):
+def _listing(lines):
     more = "" if len(lines) <= MAX_LISTED else "\n  ... and %d more" % (len(lines) - MAX_LISTED)
     return "\n  " + "\n  ".join(lines[:MAX_LISTED]) + more
 
