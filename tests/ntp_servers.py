@@ -8,6 +8,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sysconfig
 import threading
 import time
 
@@ -26,12 +27,14 @@ def ntp_stamp(t):
 
 def faketime_lib():
     """Path of libfaketime.so.1, asked from dpkg rather than assumed."""
+    # The library of this machine's architecture: a multiarch system may also hold i386's.
+    arch = sysconfig.get_config_var("MULTIARCH") or ""
     for pkg in ("libfaketime", "faketime"):
         r = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True)
         for line in r.stdout.splitlines():
-            if line.endswith("/libfaketime.so.1"):
+            if line.endswith("/libfaketime.so.1") and "/%s/" % arch in line:
                 return line
-    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    found = glob.glob("/usr/lib/%s/faketime/libfaketime.so.1" % arch) or glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
     assert found, "libfaketime not installed (tools/setup.sh installs Debian 'faketime')"
     return found[0]
 
