@@ -1,12 +1,24 @@
 """Benchmark of fleet issuance: `tlsguard ca issue --batch` for 10,000 devices from the local CA,
 and through a real ACME CA (pebble + pebble-challtestsrv on loopback, dns-01 by hook and http-01
-served by tlsguard), as certificates per second of the whole command (keys, CSRs, orders, files).
+served by tlsguard), as certificates per second of the whole command (keys, CSRs, orders, files);
+then `tlsguard ca serve` (EST) renewing those 10,000 devices, each a simulated client on loopback
+(mutual TLS with its own certificate, a fresh CSR), EST_CLIENTS at once, bounded by EST_SECONDS.
 Prints a Markdown section."""
+import base64
+import concurrent.futures
+import http.client
 import os
+import re
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -16,6 +28,8 @@ ENV = dict(os.environ, TLSGUARD_CA_PASSPHRASE="bench")
 LOCAL_N = 10000
 ACME_N = 100
 JOBS = 8
+EST_CLIENTS = 16
+EST_SECONDS = 180
 
 
 def tlsguard(*args):
@@ -40,6 +54,69 @@ def local(work):
     return LOCAL_N / tlsguard("ca", "--dir", ca, "issue", "--batch", batch(work, LOCAL_N))
 
 
+def _renew(port, root, device_dir, csr_b64):
+    """One simulated device: mutual TLS with its current certificate, simplereenroll, the reply."""
+    ctx = ssl.create_default_context(cafile=root)
+    ctx.load_cert_chain(os.path.join(device_dir, "device.crt"), os.path.join(device_dir, "device.key"))
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=30)
+    try:
+        conn.request("POST", "/.well-known/est/simplereenroll", csr_b64,
+                     {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def est(work):
+    """(renewals done, failures, clients, requests/s) of `tlsguard ca serve` for the local CA's devices."""
+    ca = os.path.join(work, "pki")
+    ids = ["dev-%05d" % i for i in range(LOCAL_N)]
+    csrs = {}
+    for i in ids:  # made before the clock starts: the server's rate is measured, not the CSRs'
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, i)]))
+               .sign(key, hashes.SHA256()))
+        csrs[i] = base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
+    log = open(os.path.join(work, "serve.log"), "w")
+    proc = subprocess.Popen([TLSGUARD, "ca", "--dir", ca, "serve", "--port", "0"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        port = int(re.search(r"https://127\.0\.0\.1:(\d+)/", proc.stdout.readline()).group(1))
+        root = os.path.join(ca, "root.crt")
+        statuses, stop = [], time.monotonic() + EST_SECONDS
+        lock = threading.Lock()
+        todo = iter(ids)
+
+        def client():
+            while time.monotonic() < stop:
+                with lock:
+                    device_id = next(todo, None)
+                if device_id is None:
+                    return
+                try:
+                    status = _renew(port, root, os.path.join(ca, "devices", device_id), csrs[device_id])
+                except (OSError, http.client.HTTPException):
+                    status = 0
+                with lock:
+                    statuses.append(status)
+
+        t = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(EST_CLIENTS) as pool:
+            for f in [pool.submit(client) for _ in range(EST_CLIENTS)]:
+                f.result()
+        elapsed = time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait()
+        proc.stdout.close()
+        log.close()
+    ok = statuses.count(200)
+    return ok, len(statuses) - ok, len(statuses) / elapsed
+
+
 def acme(work, challenge):
     from acme_pebble import Pebble, free_port
     port = free_port()
@@ -62,6 +139,7 @@ def acme(work, challenge):
 def main():
     with tempfile.TemporaryDirectory() as work:
         rows = [("local folder CA (EC P-256)", LOCAL_N, 1, local(work))]
+        renewed, failed, rps = est(work)
         for challenge in ("dns-01", "http-01"):
             rows.append(("pebble ACME, %s" % challenge, ACME_N, JOBS, acme(work, challenge)))
     print("## Fleet issuance (`tlsguard ca issue --batch`)\n")
@@ -70,7 +148,10 @@ def main():
     print("|---|---:|---:|---:|")
     for name, n, jobs, rate in rows:
         print("| %s | %d | %d | %.1f |" % (name, n, jobs, rate))
-    print()
+    print("\n**Enrollment server** (`tlsguard ca serve`, local CA): %d simulated devices renewing at "
+          "once over mutual TLS on loopback (one connection per request, clients on the same 2 cores), "
+          "%d renewed, %d failed, at most %d s: **%.1f requests/s**.\n"
+          % (EST_CLIENTS, renewed, failed, EST_SECONDS, rps))
 
 
 if __name__ == "__main__":
