@@ -107,6 +107,9 @@ are rejected only when a test asks for it (env_extra PEBBLE_WFE_NONCEREJECT)."""
         """The issuing root of this pebble run (new at every start)."""
         return self._get("/roots/0")
 
+    def intermediate_pem(self):
+        return self._get("/intermediates/0")
+
     def challtestsrv(self, path, body):
         req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.chall_mgmt, path),
                                      data=json.dumps(body).encode(), method="POST")

@@ -3,7 +3,9 @@ is (its key never leaves it), for the names the issuance policy allows and nothi
 
 `AcmeIssuer(folder, passphrase).issue(csr_der, policy=None) -> [leaf_der, chain_der...]` is the
 Issuer interface of issuer.py (LocalIssuer's twin), so `tlsguard ca` and the enrollment server take
-either. Without a policy, the names allowed at `acme-init` apply; the CA sets the lifetime.
+either. The names allowed at `acme-init` always apply; a policy given to issue() (the EST
+server's, bound to a device) must allow the names too. The CA sets the lifetime (policy.days is not
+sent: most ACME CAs ignore or refuse notAfter).
 """
 import logging
 import threading
@@ -61,6 +63,12 @@ class AcmeIssuer(Issuer):
             self.responder.close()
             self.responder = None
 
+    def responder_ready(self):
+        """Set up the challenge answering (an http-01 server binds its port here)."""
+        with self._lock:
+            if self.responder is None:
+                self.responder = Responder(self.conf.get("challenge", {}))
+
     def _client(self):
         """This thread's client, its account found (or registered again if the CA forgot it)."""
         acme = getattr(self._local, "acme", None)
@@ -72,11 +80,11 @@ class AcmeIssuer(Issuer):
 
     def issue(self, csr_der, policy=None):
         """The certificate chain [leaf, intermediates...] (DER) the CA issues for this CSR."""
-        csr = (policy or self.policy).check(csr_der)
+        csr = self.policy.check(csr_der)
+        if policy is not None:
+            policy.check(csr_der)
         names = order_names(csr)
-        with self._lock:
-            if self.responder is None:  # the http-01 server binds its port on first use
-                self.responder = Responder(self.conf.get("challenge", {}))
+        self.responder_ready()
         csr_pem = csr.public_bytes(serialization.Encoding.PEM)
         try:
             acme = self._client()

@@ -134,10 +134,8 @@ def run_sign(args):
         if cmd_ca_acme.configured(args.dir):
             # The names allowed at acme-init always apply; --allow narrows them further.
             from tlsguard_host.acme_issuer import AcmeIssuer
-            if args.allow:
-                Policy(args.allow, require_cn=False).check(csr)
             with AcmeIssuer(args.dir, passphrase(args)) as issuer:
-                ders = issuer.issue(csr)
+                ders = issuer.issue(csr, Policy(args.allow, require_cn=False) if args.allow else None)
         else:
             # By hand the operator is the policy: any name, unless --allow narrows it.
             ders = LocalIssuer(_ca(args)).issue(csr, Policy(args.allow or ("*",), args.days))
@@ -163,7 +161,8 @@ def _est_dir(args):
 def run_secret(args):
     from tlsguard_host.est_server import Secrets
     device_id = ca_mod.check_device_id(args.device_id)
-    ca_mod.PrivateCA(args.dir).root()  # a CA must exist
+    if not cmd_ca_acme.configured(args.dir):
+        ca_mod.PrivateCA(args.dir).root()  # a CA must exist
     secret = Secrets(os.path.join(_est_dir(args), "secrets.json")).create(device_id, args.hours)
     print(secret)
     print("one-time enrollment secret for %s, valid %g hours: give it to the device only"
@@ -189,28 +188,29 @@ def run_serve(args):
     from cryptography.hazmat.primitives import serialization
     from tlsguard_host.est_server import EST, Secrets
     from tlsguard_host.issuer import LocalIssuer, Policy
-    ca = _ca(args)
-    issuing, _ = ca.issuing()  # asks for the passphrase now, not at the first request
-    root = ca.root()
-    folder = _est_dir(args)
-    if args.cert:
-        if not args.key:
-            raise CLIError("--cert needs --key")
-        crt, key = args.cert, args.key
+    if cmd_ca_acme.configured(args.dir):
+        issuer, crt, key, trusted = cmd_ca_acme.serve_parts(args, passphrase(args))
     else:
-        crt, key = _server_identity(ca, folder, args.name or ["localhost", args.host])
-    clients = os.path.join(folder, "client-cas.pem")
+        ca = _ca(args)
+        issuing, _ = ca.issuing()  # asks for the passphrase now, not at the first request
+        issuer, trusted = LocalIssuer(ca), [issuing, ca.root()]
+        if args.cert:
+            if not args.key:
+                raise CLIError("--cert needs --key")
+            crt, key = args.cert, args.key
+        else:
+            crt, key = _server_identity(ca, _est_dir(args), args.name or ["localhost", args.host])
+    clients = os.path.join(_est_dir(args), "client-cas.pem")
     with open(clients, "wb") as f:
-        f.write(pem(issuing) + pem(root))
+        f.write(b"".join(pem(c) for c in trusted))
         for path in args.factory_ca or ():
             f.write(read_file(path, "--factory-ca file"))
     try:
         policy = Policy(args.allow or ["{id}"], args.days)
     except ValueError as e:
         raise CLIError(str(e))
-    est = EST(LocalIssuer(ca), policy, crt, key, clients,
-              [c.public_bytes(serialization.Encoding.DER) for c in (issuing, root)],
-              Secrets(os.path.join(folder, "secrets.json")), args.max_csr)
+    est = EST(issuer, policy, crt, key, clients, [c.public_bytes(serialization.Encoding.DER) for c in trusted],
+              Secrets(os.path.join(_est_dir(args), "secrets.json")), args.max_csr)
     try:
         host, port = est.serve(args.host, args.port)
     except OSError as e:
@@ -291,6 +291,8 @@ def register(sub):
     q.add_argument("--name", action="append", help="DNS name or IP in the server certificate (default localhost, --host)")
     q.add_argument("--cert", help="server certificate chain PEM instead of one issued by the CA")
     q.add_argument("--key", help="its private key PEM")
+    q.add_argument("--acme-ca", metavar="PEM", help="ACME mode: the ACME CA's root (and intermediates): "
+                   "renewing devices chain to it, /cacerts serves it")
     _passphrase_args(q)
     q.set_defaults(func=run_serve)
 

@@ -190,6 +190,20 @@ def _issue_all(issuer, ca, requests, jobs):
     return failed
 
 
+def serve_parts(args, passphrase):
+    """(issuer, server cert file, key file, CA certificates trusted and served) for `tlsguard ca
+    serve` on an ACME folder: the server's own identity and the ACME CA's roots are given, since an
+    ACME CA hands out neither."""
+    from tlsguard_host.acme_issuer import AcmeIssuer
+    if not (args.cert and args.key and args.acme_ca):
+        raise CLIError("an ACME folder has no CA of its own: give the server's certificate with "
+                       "--cert/--key and the ACME CA's root with --acme-ca")
+    trusted = load_certs(args.acme_ca, "--acme-ca file")
+    issuer = AcmeIssuer(args.dir, passphrase)
+    issuer.responder_ready()  # bind an http-01 address now: a clash is a start-up error
+    return issuer, args.cert, args.key, trusted
+
+
 def _listing(lines):
     more = "" if len(lines) <= MAX_LISTED else "\n  ... and %d more" % (len(lines) - MAX_LISTED)
     return "\n  " + "\n  ".join(lines[:MAX_LISTED]) + more
