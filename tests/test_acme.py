@@ -29,10 +29,10 @@ ALLOW = "*.fleet.example.com"
 def start_pebble(tmp_path):
     started = []
 
-    def start(env=None, http_port=None):
+    def start(env=None, http_port=None, dns_server=None):
         folder = tmp_path / ("pebble%d" % len(started))
         folder.mkdir()
-        pb = Pebble(folder, env, http_port)
+        pb = Pebble(folder, env, http_port, dns_server)
         started.append(pb)
         return pb
 
@@ -365,3 +365,50 @@ def test_acme_init_refuses_a_local_ca_folder(tmp_path):
     assert r.returncode == 2 and "holds a local CA" in r.stderr
     r = tlsguard("ca", "--dir", tmp_path / "pki", "issue", "--device-id", "d", "--renew", env=PW)
     assert r.returncode == 2 and "--renew is for a CA folder set up with" in r.stderr
+
+
+@pytest.fixture
+def named(tmp_path):
+    from dns_named import Named
+    folder = tmp_path / "named"
+    folder.mkdir()
+    server = Named(folder, "fleet.example.com")
+    yield server
+    server.close()
+
+
+@pytest.mark.pebble
+def test_rfc2136_dynamic_update_against_bind(start_pebble, named, tmp_path):
+    pb = start_pebble(dns_server=named.addr)
+    acme = tmp_path / "acme"
+    r = acme_init(pb, acme, challenge=["--rfc2136", named.addr, "--tsig-key", named.key_file])
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(acme / "acme-tsig.key").st_mode) == 0o600
+    ids = ["r%d" % i for i in range(4)]
+    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ids), env=PW)
+    assert r.returncode == 0, r.stderr
+    for i in ids:
+        verify(pb, chain_of(acme / "devices" / i / "device.crt"), "%s.fleet.example.com" % i)
+        assert named.txt("_acme-challenge.%s.fleet.example.com" % i) == []  # cleaned up
+
+
+@pytest.mark.pebble
+def test_rfc2136_wrong_key_or_zone_is_named(start_pebble, named, tmp_path):
+    pb = start_pebble(dns_server=named.addr)
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text(open(named.key_file).read().replace(named.secret, "c2VjcmV0IG5vdCBrbm93biB0byBuYW1lZA=="))
+    acme = tmp_path / "acme"
+    r = acme_init(pb, acme, challenge=["--rfc2136", named.addr, "--tsig-key", wrong],
+                  allow=(ALLOW, "*.other.example.org"))
+    assert r.returncode == 0, r.stderr
+    r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "w", "--dns", "w.fleet.example.com", env=PW)
+    assert r.returncode == 2
+    assert "DNS server %s refused the TSIG key tlsguard-acme." % named.addr in r.stderr, r.stderr
+    r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "o", "--dns", "o.other.example.org", env=PW)
+    assert r.returncode == 2
+    assert "DNS server %s is not authoritative for _acme-challenge.o.other.example.org. (REFUSED)" \
+        % named.addr in r.stderr, r.stderr
+    assert not (acme / "devices").exists()
+    r = acme_init(pb, tmp_path / "acme2", challenge=["--rfc2136", named.addr, "--tsig-key", HOOK])
+    assert r.returncode == 2 and "no TSIG key in BIND format" in r.stderr
+    assert not (tmp_path / "acme2").exists()

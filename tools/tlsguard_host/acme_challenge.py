@@ -1,5 +1,6 @@
-"""Answering ACME challenges for `tlsguard ca` in ACME mode: dns-01 through a user hook command,
-http-01 served by a small HTTP server on a given address, or http-01 through a hook.
+"""Answering ACME challenges for `tlsguard ca` in ACME mode: dns-01 through a user hook command or
+RFC 2136 dynamic update (acme_rfc2136.py), http-01 served by a small HTTP server on a given
+address, or http-01 through a hook.
 
 Hook contract (README "ACME backend"): the command is run as
     CMD set|clear dns-01 NAME VALUE     NAME = _acme-challenge.<domain>, VALUE = the TXT value
@@ -7,6 +8,7 @@ Hook contract (README "ACME backend"): the command is run as
 and must exit 0 only once the record or file is served (set) or removed (clear).
 """
 import http.server
+import os
 import shlex
 import subprocess
 import threading
@@ -14,6 +16,7 @@ import threading
 from acme import challenges
 
 from tlsguard_host.acme_account import AcmeError
+from tlsguard_host.certfile import read_file
 from tlsguard_host.cli import CLIError
 
 HOOK_TIMEOUT = 120
@@ -32,6 +35,12 @@ class Hook:
         self.typ = typ
         if not self.argv:
             raise CLIError("empty %s hook command" % typ)
+
+    def set(self, *args):
+        self.run("set", *args)
+
+    def clear(self, *args):
+        self.run("clear", *args)
 
     def run(self, action, *args):
         cmd = self.argv + [action, self.typ] + list(args)
@@ -84,11 +93,11 @@ class Http01Server:
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
-    def set(self, path, content):
+    def set(self, domain, path, content):
         with self._lock:
             self.httpd.tokens = dict(self.httpd.tokens, **{path: content})
 
-    def clear(self, path):
+    def clear(self, domain, path, content):
         with self._lock:
             self.httpd.tokens = {k: v for k, v in self.httpd.tokens.items() if k != path}
 
@@ -100,17 +109,21 @@ class Http01Server:
 class Responder:
     """Sets and clears the answer to one challenge of a given type, from the ACME config."""
 
-    def __init__(self, conf):
+    def __init__(self, conf, folder):
         self.typ = conf.get("type")
         if self.typ not in TYPES:
             raise CLIError("ACME challenge type must be one of %s, not %r" % (", ".join(TYPES), self.typ))
-        self.hook = Hook(conf["hook"], self.typ) if conf.get("hook") else None
-        self.server = None
-        if not self.hook:
-            if self.typ != "http-01" or not conf.get("listen"):
-                raise CLIError("%s needs a hook command%s" % (
-                    self.typ, " or an address to serve on" if self.typ == "http-01" else ""))
-            self.server = Http01Server(conf["listen"])
+        if conf.get("hook"):
+            self.backend = Hook(conf["hook"], self.typ)
+        elif self.typ == "http-01" and conf.get("listen"):
+            self.backend = Http01Server(conf["listen"])
+        elif self.typ == "dns-01" and conf.get("rfc2136"):
+            from tlsguard_host.acme_rfc2136 import Rfc2136
+            key = os.path.join(folder, conf["rfc2136"]["key_file"])
+            self.backend = Rfc2136(conf["rfc2136"]["server"], read_file(key, "TSIG key").decode(), key)
+        else:
+            raise CLIError("%s needs a hook command or %s" % (
+                self.typ, "an address to serve on" if self.typ == "http-01" else "an RFC 2136 server"))
 
     def pick(self, authzr):
         """The challenge body of our type in an authorization."""
@@ -118,9 +131,9 @@ class Responder:
         for challb in authzr.body.challenges:
             if isinstance(challb.chall, want):
                 return challb
-        raise CLIError("the ACME CA offers no %s challenge for %s (offered: %s)" % (
+        raise AcmeError("the ACME CA offers no %s challenge for %s (offered: %s)" % (
             self.typ, authzr.body.identifier.value,
-            ", ".join(c.chall.typ for c in authzr.body.challenges)))
+            ", ".join(c.chall.typ for c in authzr.body.challenges)), "refused")
 
     def _args(self, domain, challb, account_key):
         chall = challb.chall
@@ -129,20 +142,12 @@ class Responder:
         return domain, "/" + chall.path.lstrip("/"), chall.validation(account_key)
 
     def set(self, domain, challb, account_key):
-        args = self._args(domain, challb, account_key)
-        if self.hook:
-            self.hook.run("set", *args)
-        else:
-            self.server.set(args[1], args[2])
+        self.backend.set(*self._args(domain, challb, account_key))
         return challb.chall.response(account_key)
 
     def clear(self, domain, challb, account_key):
-        args = self._args(domain, challb, account_key)
-        if self.hook:
-            self.hook.run("clear", *args)
-        else:
-            self.server.clear(args[1])
+        self.backend.clear(*self._args(domain, challb, account_key))
 
     def close(self):
-        if self.server:
-            self.server.close()
+        if hasattr(self.backend, "close"):
+            self.backend.close()

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tlsguard_host.acme_account import Account, AcmeError, problem
-from tlsguard_host.acme_challenge import ChallengeError, Responder
+from tlsguard_host.acme_challenge import Responder
 from tlsguard_host.certfile import der, spki_der
 from tlsguard_host.issuer import Issuer, Policy
 
@@ -67,7 +67,7 @@ class AcmeIssuer(Issuer):
         """Set up the challenge answering (an http-01 server binds its port here)."""
         with self._lock:
             if self.responder is None:
-                self.responder = Responder(self.conf.get("challenge", {}))
+                self.responder = Responder(self.conf.get("challenge", {}), self.account.folder)
 
     def _client(self):
         """This thread's client, its account found (or registered again if the CA forgot it)."""
@@ -125,7 +125,7 @@ class AcmeIssuer(Issuer):
             for domain, challb in answered:
                 try:
                     self.responder.clear(domain, challb, acme.net.key)
-                except ChallengeError as e:
+                except AcmeError as e:  # a record left behind is noise, not a failed issuance
                     log.warning("%s", e)
         return self._finalize(acme, orderr, csr, deadline)
 

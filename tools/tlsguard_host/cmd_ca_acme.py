@@ -22,18 +22,32 @@ def configured(folder):
     return os.path.exists(os.path.join(folder, "acme.json"))
 
 
+TSIG_KEY = "acme-tsig.key"
+
+
 def _challenge(args):
-    given = [(k, v) for k, v in (("dns_hook", args.dns_hook), ("http01", args.http01),
+    """(challenge config, TSIG key text to store or None)."""
+    given = [(k, v) for k, v in (("dns_hook", args.dns_hook), ("rfc2136", args.rfc2136), ("http01", args.http01),
                                  ("http01_hook", args.http01_hook)) if v]
     if len(given) != 1:
-        raise CLIError("give exactly one way to answer challenges: --dns-hook CMD (dns-01), "
-                       "--http01 HOST:PORT (serve http-01 here) or --http01-hook CMD")
+        raise CLIError("give exactly one way to answer challenges: --dns-hook CMD or --rfc2136 SERVER "
+                       "(dns-01), --http01 HOST:PORT (serve http-01 here) or --http01-hook CMD")
     kind, value = given[0]
+    if kind == "rfc2136":
+        from tlsguard_host.acme_rfc2136 import parse_key, split_server
+        if not args.tsig_key:
+            raise CLIError("--rfc2136 needs --tsig-key FILE (the zone's update key, as tsig-keygen writes it)")
+        split_server(value)
+        key = read_file(args.tsig_key, "TSIG key file").decode("utf-8", "replace")
+        parse_key(key, args.tsig_key)
+        return {"type": "dns-01", "rfc2136": {"server": value, "key_file": TSIG_KEY}}, key
+    if args.tsig_key:
+        raise CLIError("--tsig-key goes with --rfc2136")
     if kind == "dns_hook":
-        return {"type": "dns-01", "hook": value}
+        return {"type": "dns-01", "hook": value}, None
     if kind == "http01_hook":
-        return {"type": "http-01", "hook": value}
-    return {"type": "http-01", "listen": value}
+        return {"type": "http-01", "hook": value}, None
+    return {"type": "http-01", "listen": value}, None
 
 
 def run_acme_init(args, passphrase):
@@ -47,7 +61,8 @@ def run_acme_init(args, passphrase):
     if not args.allow:
         raise CLIError("give the names devices may get certificates for: --allow PATTERN (repeatable, "
                        "e.g. '*.fleet.example.com')")
-    conf = {"directory": args.directory, "challenge": _challenge(args), "allow": args.allow,
+    challenge, tsig_key = _challenge(args)
+    conf = {"directory": args.directory, "challenge": challenge, "allow": args.allow,
             "contact": [c if ":" in c else "mailto:" + c for c in args.contact or ()]}
     account = Account(folder, passphrase)
     server_ca = None
@@ -69,6 +84,8 @@ def run_acme_init(args, passphrase):
     os.chmod(folder, 0o700)
     if server_ca:
         write_atomic(account.path(SERVER_CA), server_ca)
+    if tsig_key:
+        write_atomic(account.path(TSIG_KEY), tsig_key.encode(), private=True)
     if not reuse:
         write_atomic(account.path(ACCOUNT_KEY), key_pem, private=True)
     account.save_config(conf)
@@ -216,6 +233,9 @@ def register(csub, passphrase_args):
     q.add_argument("--server-ca", metavar="PEM", help="CA certificate(s) the directory's HTTPS chains to "
                    "(default: the system's trust store)")
     q.add_argument("--dns-hook", metavar="CMD", help="dns-01: run `CMD set|clear dns-01 NAME VALUE`")
+    q.add_argument("--rfc2136", metavar="SERVER[:PORT]", help="dns-01: add the TXT record by RFC 2136 "
+                   "dynamic update at the zone's primary server")
+    q.add_argument("--tsig-key", metavar="FILE", help="the update key for --rfc2136 (BIND format, tsig-keygen)")
     q.add_argument("--http01", metavar="HOST:PORT", help="http-01: serve the tokens on this address")
     q.add_argument("--http01-hook", metavar="CMD", help="http-01: run `CMD set|clear http-01 DOMAIN PATH CONTENT`")
     q.add_argument("--allow", action="append", metavar="PATTERN",
