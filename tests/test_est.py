@@ -30,19 +30,21 @@ DEVICE = """
 import os, binascii, tlsguard
 from tlsguard.store import CredentialStore
 from tlsguard.est import EST, ESTError
-from tlsguard import renew
+from tlsguard import identity, renew
 cfg = _json.load(open("est.json"))
 store = CredentialStore("certs")
 if store.version == 0:
-    store.stage(1, roots=[open("root.der", "rb").read()])
+    fac = cfg.get("factory")  # a factory identity (certificate, key) DER in hex
+    store.stage(1, roots=[open("root.der", "rb").read()],
+                identity=(binascii.unhexlify(fac[0]), binascii.unhexlify(fac[1])) if fac else None)
     store.activate()
 est = EST(cfg["url"], tlsguard.SecureContext(store=store), secret=cfg.get("secret"))
 out = {"ok": True}
 try:
     if cfg["op"] == "enroll":
-        renew.enroll(est, store, cfg["cn"], cfg.get("sans", ()), cfg.get("confirm"))
+        identity.enroll(est, store, cfg["cn"], cfg.get("sans", ()), cfg.get("confirm"))
     elif cfg["op"] == "renew":
-        renew.renew(est, store, sans=cfg.get("sans"), confirm_url=cfg.get("confirm"))
+        identity.renew(est, store, sans=cfg.get("sans"), confirm_url=cfg.get("confirm"))
 except ESTError as e:
     out = {"ok": False, "kind": e.kind, "detail": e.detail}
 a = store.active()
@@ -107,10 +109,10 @@ def device(fleet, mpy, tmp_path):
     root = x509.load_pem_x509_certificate((fleet / "pki" / "root.crt").read_bytes())
     (tmp_path / "root.der").write_bytes(root.public_bytes(serialization.Encoding.DER))
 
-    def run(op, url, env=None, **cfg):
+    def run(op, url, env=None, heapsize=None, **cfg):
         cfg.update(op=op, url=url)
         (tmp_path / "est.json").write_text(json.dumps(cfg))
-        return mpy.value(DEVICE, env=env, timeout=120)
+        return mpy.value(DEVICE, env=env, timeout=120, heapsize=heapsize)
     return run
 
 
@@ -152,6 +154,59 @@ def test_enroll_with_a_secret_then_renew(fleet, est_server, device, tmp_path):
     assert "simplereenroll dev-1 (certificate): issued" in srv.log()
     # The confirmation was a mutual-TLS connection the server accepted with the new certificate.
     assert srv.log().count("handshake failed") == 0
+
+
+def test_enroll_with_a_factory_identity(fleet, est_server, device, tmp_path):
+    """No secret: the device's factory certificate (another CA, named by --factory-ca) is its
+    authentication over mutual TLS, and its CN the device id."""
+    factory = pki.CA("tlsguard test factory")
+    (tmp_path / "factory.pem").write_bytes(factory.pem)
+    ident = factory.issue(hosts=(), cn="dev-f", client=True, server=False)
+    srv = est_server("--allow", "{id}", "--factory-ca", str(tmp_path / "factory.pem"))
+    r = device("enroll", srv.url, cn="dev-f", factory=[ident.der.hex(), ident.key_der.hex()])
+    assert r["ok"], r
+    assert cert_of(r).subject.rfc4514_string() == "CN=dev-f,O=tlsguard fleet"
+    assert "simpleenroll dev-f (certificate): issued" in srv.log()
+    # A factory certificate does not let a device ask for another device's name.
+    r = device("enroll", srv.url, cn="dev-g")
+    assert r["kind"] == "refused" and "this device may only ask for 'dev-f'" in r["detail"]
+
+
+def test_curl_enrolls_and_openssl_reads_the_reply(fleet, est_server, tmp_path):
+    """The server speaks plain RFC 7030: curl posts a base64 PKCS#10, openssl reads the PKCS#7."""
+    srv = est_server()
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "dev-c")]))
+           .sign(key, hashes.SHA256()))
+    (tmp_path / "req.b64").write_bytes(binascii.b2a_base64(csr.public_bytes(serialization.Encoding.DER)))
+    cmd = ["curl", "-sS", "--fail-with-body", "--cacert", str(fleet / "pki" / "root.crt"),
+           "-H", "Content-Type: application/pkcs10", "--data-binary", "@" + str(tmp_path / "req.b64"),
+           srv.url + "/.well-known/est/simpleenroll"]
+    r = subprocess.run(cmd + ["-H", "Authorization: Bearer " + secret(fleet, "dev-c")], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    p7 = subprocess.run("base64 -d | openssl pkcs7 -inform DER -print_certs", shell=True, input=r.stdout,
+                        capture_output=True)
+    assert p7.returncode == 0 and b"subject=O = tlsguard fleet, CN = dev-c" in p7.stdout, p7.stderr
+    assert b"Issuing CA" in p7.stdout
+    r = subprocess.run(cmd + ["-H", "Authorization: Bearer wrong"], capture_output=True)
+    assert b"unknown, used or expired enrollment secret" in r.stdout
+
+
+def test_enroll_and_renew_in_a_192k_heap(fleet, est_server, device, tmp_path):
+    """With the .mpy build, key generation, CSR, EST over TLS and the store swap fit a 192 KB
+    Python heap of the 64-bit port (`make bench`: the 32-bit build, with ESP32 object sizes, needs
+    about 85 KB)."""
+    out = tmp_path / "mpy"
+    r = subprocess.run([TLSGUARD, "mpy", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    env = {"MICROPYPATH": ".frozen:" + str(out)}
+    srv = est_server()
+    r = device("enroll", srv.url, env=env, heapsize="192k", secret=secret(fleet, "dev-h"), cn="dev-h",
+               sans=["dev-h.local"])
+    assert r["ok"], r
+    r = device("renew", srv.url, env=env, heapsize="192k")
+    assert r["ok"] and r["version"] == 3, r
 
 
 def test_a_secret_is_good_once(fleet, est_server, device, tmp_path):
@@ -237,6 +292,13 @@ def test_ca_unreachable(device, tmp_path):
     assert r["version"] == 1
 
 
+def test_wrong_est_path(fleet, est_server, device):
+    srv = est_server()
+    r = device("enroll", srv.url + "/not-est", secret=secret(fleet, "dev-p"), cn="dev-p")
+    assert not r["ok"] and r["kind"] == "bad_request"
+    assert "/not-est/.well-known/est/simpleenroll answered 404: not an EST path" in r["detail"]
+
+
 def test_clock_unset(fleet, est_server, device, tmp_path):
     srv = est_server()
     assert device("status", srv.url)["version"] == 1  # the store, made while the clock was right
@@ -265,13 +327,13 @@ sys.path.append(%(lib)r)
 import binascii, tlsguard
 from tlsguard.store import CredentialStore
 from tlsguard.est import EST, ESTError
-from tlsguard import renew
+from tlsguard import identity, renew
 cfg = _json.load(open(%(cfg)r))
 store = CredentialStore("certs")
 store.stage(1, roots=[open(%(root)r, "rb").read()])
 store.activate()
 est = EST(cfg["url"], tlsguard.SecureContext(store=store), secret=cfg["secret"])
-renew.enroll(est, store, "dev-11")
+identity.enroll(est, store, "dev-11")
 old = store.active().identity
 # Fill the flash, as a data logger would.
 buf = bytes(4096)
@@ -284,7 +346,7 @@ except OSError:
     pass
 f.close()
 try:
-    renew.renew(est, store)
+    identity.renew(est, store)
     out = {"ok": True}
 except ESTError as e:
     out = {"ok": False, "kind": e.kind, "detail": e.detail}
@@ -305,3 +367,93 @@ def test_flash_full(fleet, est_server, mpy, tmp_path):
     assert "no room on flash to stage the new key and certificate; the current identity is kept" in r["detail"]
     assert r["version"] == 2 and r["same"]
     assert [f for f in r["files"] if f.endswith(".key")] == ["2.key"]
+
+
+def readme_example(name):
+    text = open(os.path.join(LIB, "..", "README.md")).read()
+    block = text.split("<!-- example: %s -->\n```python\n" % name, 1)[1]
+    return block.split("```", 1)[0]
+
+
+def test_readme_example_enrolls_then_renews_when_due(fleet, est_server, mpy, tmp_path):
+    srv = est_server()
+    root = x509.load_pem_x509_certificate((fleet / "pki" / "root.crt").read_bytes())
+    code = (readme_example("est").replace("https://ca.example.com:8443", srv.url)
+            .replace("one-time-secret", secret(fleet, "sensor-12")))
+    setup = """
+store = tlsguard.CredentialStore("certs")
+store.stage(1, roots=[%r])
+store.activate()
+""" % root.public_bytes(serialization.Encoding.DER)
+    report = "\nimport os\nemit([store.version, sorted(os.listdir('certs'))])\n"
+    assert mpy.value("import tlsguard\n" + setup + code + report) == [2, ["1.roots", "2.crt", "2.key", "manifest.json"]]
+    # Run again at once: the certificate is new, nothing is due.
+    assert mpy.value(code + report)[0] == 2
+    # 25 days on (of 30), it is due: a new key and certificate, the old key gone.
+    import datetime
+    later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=25)).strftime("%Y-%m-%d %H:%M:%S")
+    assert mpy.value(code + report, env=faketime_env(tmp_path, later)) == [3, ["1.roots", "3.crt", "3.key", "manifest.json"]]
+    assert "simplereenroll sensor-12 (certificate): issued" in srv.log()
+
+
+RENEWAL = """
+from tlsguard.renew import RenewalPolicy
+from tlsguard.x509 import Certificate
+certs = [Certificate(open("c%d.der" % i, "rb").read()) for i in range(12)]
+pol = RenewalPolicy(percent=33, jitter=10)
+emit([[c.not_valid_before, c.not_valid_after, pol.renew_at(c), pol.due(c, pol.renew_at(c) - 1),
+       pol.due(c, pol.renew_at(c))] for c in certs])
+"""
+
+
+def test_renewal_policy_window_and_jitter(mpy, tmp_path, root_ca):
+    for i in range(12):
+        (tmp_path / ("c%d.der" % i)).write_bytes(root_ca.issue(hosts=("dev",)).der)
+    rows = mpy.value(RENEWAL)
+    for nb, na, at, before, after in rows:
+        life = na - nb
+        # Due with between 33 % and 43 % of the lifetime left.
+        assert na - life * 43 // 100 - 1 <= at <= na - life * 33 // 100
+        assert before is False and after is True
+    assert len({r[2] - r[0] for r in rows}) > 6  # the jitter spreads certificates of one batch
+
+
+def test_renewal_policy_refuses_nonsense(mpy):
+    out = mpy.value("""
+from tlsguard.renew import RenewalPolicy
+try:
+    RenewalPolicy(percent=120)
+    emit("accepted")
+except ValueError as e:
+    emit(str(e))
+""")
+    assert "percent must be in (0, 100)" in out
+
+
+def test_one_secret_one_certificate_under_concurrent_requests(fleet, est_server):
+    """Several requests racing with one secret (a leaked secret used by an attacker at the same
+    moment as the device): exactly one certificate is issued."""
+    import http.client
+    import ssl
+    from concurrent.futures import ThreadPoolExecutor
+    srv = est_server()
+    s = secret(fleet, "dev-r")
+    ctx = ssl.create_default_context(cafile=str(fleet / "pki" / "root.crt"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    body = binascii.b2a_base64(x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "dev-r")])).sign(
+        key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+    def post(_):
+        c = http.client.HTTPSConnection("localhost", srv.port, context=ctx, timeout=30)
+        try:
+            c.request("POST", "/.well-known/est/simpleenroll", body,
+                      {"Content-Type": "application/pkcs10", "Authorization": "Bearer " + s})
+            return c.getresponse().status
+        finally:
+            c.close()
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(post, range(6)))
+    assert sorted(statuses) == [200, 401, 401, 401, 401, 401]
+    assert srv.log().count("simpleenroll dev-r (secret): issued") == 1

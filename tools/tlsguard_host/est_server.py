@@ -191,6 +191,7 @@ class EST:
         tls.load_verify_locations(client_cas)
         self.tls = tls
         self.httpd = None
+        self._secret_use = threading.Lock()
 
     def log(self, line):
         self._log("est: " + line)
@@ -215,14 +216,21 @@ class EST:
             who = "secret"
         if not device_id:
             raise Refused(403, "the client certificate has no CN to take as device id")
+        if secret is None:
+            return self._issue(csr, device_id), "%s (%s)" % (device_id, who)
+        with self._secret_use:  # one secret, one certificate, even for requests at the same time
+            if self.secrets.lookup(secret) != device_id:
+                raise Refused(401, "unknown, used or expired enrollment secret")
+            chain = self._issue(csr, device_id)
+            self.secrets.consume(secret)
+        return chain, "%s (%s)" % (device_id, who)
+
+    def _issue(self, csr, device_id):
         try:
-            chain = self.issuer.issue(csr, self.policy.for_device(device_id))
+            return self.issuer.issue(csr, self.policy.for_device(device_id))
         except IssueError as e:
             status = {"refused": 403, "too_big": 413, "unavailable": 503}.get(e.kind, 400)
             raise Refused(status, "%s: %s" % (device_id, e.detail))
-        if secret is not None:
-            self.secrets.consume(secret)
-        return chain, "%s (%s)" % (device_id, who)
 
     def serve(self, host="127.0.0.1", port=0):
         """Bind and return (host, port); serve_forever() runs it."""

@@ -2,8 +2,10 @@
 certificate lives) and the Issuer interface behind `tlsguard ca serve` and `tlsguard ca sign`.
 
 An issuer has one method, `issue(csr_der, policy) -> [leaf_der, chain_der, ...]` (the leaf first,
-then the intermediates; the root is not included). LocalIssuer signs with the private CA in a
-folder (ca.py); an ACME backend implements the same method.
+then the intermediates; the root is not included). It starts with `policy.check(csr_der)` (which
+raises IssueError) and raises IssueError("unavailable", ...) when its CA cannot be reached.
+LocalIssuer signs with the private CA in a folder (ca.py); an ACME backend implements the same
+method.
 """
 import fnmatch
 import ipaddress
