@@ -1,5 +1,6 @@
-"""dns-01 hook for the tests, as a user would write one: `acme_hook.py URL [MODE] set|clear dns-01
-NAME VALUE` puts the TXT record into pebble-challtestsrv's DNS (its management API at URL).
+"""Challenge hook for the tests, as a user would write one: `acme_hook.py URL [MODE] set|clear dns-01
+NAME VALUE` puts the TXT record into pebble-challtestsrv's DNS (its management API at URL);
+`... set|clear http-01 DOMAIN PATH CONTENT` has challtestsrv serve the token.
 MODE: --wrong publishes another value (a misconfigured hook); --servfail makes the CA's lookups of
 NAME fail (a broken DNS); --servfail-once=FILE does so for the first order only (a DNS hiccup)."""
 import json
@@ -16,8 +17,15 @@ def post(url, path, body):
 def main(argv):
     url, argv = argv[0], argv[1:]
     mode = argv.pop(0) if argv[0].startswith("--") else ""
-    action, typ, name, value = argv
-    assert typ == "dns-01", typ
+    action, typ = argv[:2]
+    if typ == "http-01":
+        token = argv[3].rsplit("/", 1)[1]
+        if action == "set":
+            post(url, "/add-http01", {"token": token, "content": argv[4]})
+        else:
+            post(url, "/del-http01", {"token": token})
+        return
+    name, value = argv[2:]
     host = name.rstrip(".") + "."
     if action == "clear":
         post(url, "/clear-txt", {"host": host})

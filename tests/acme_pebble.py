@@ -37,10 +37,10 @@ def free_port(udp_too=False):
 class Pebble:
     """pebble + pebble-challtestsrv. `env_extra` adds to pebble's environment; http_port is
     where pebble's VA fetches http-01 tokens; dns_server (HOST:PORT) replaces challtestsrv as the
-DNS pebble's VA asks (ours to serve; challtestsrv's http-01 is off). Nonces
+DNS pebble's VA asks; chall_http01 makes challtestsrv serve http-01 tokens (set through its API) (ours to serve; challtestsrv's http-01 is off). Nonces
 are rejected only when a test asks for it (env_extra PEBBLE_WFE_NONCEREJECT)."""
 
-    def __init__(self, folder, env_extra=None, http_port=None, dns_server=None):
+    def __init__(self, folder, env_extra=None, http_port=None, dns_server=None, chall_http01=False):
         self.folder = str(folder)
         self.listener_ca = pki.CA("pebble listener root")
         self.crt, self.key = self.listener_ca.issue(("127.0.0.1", "localhost")).write(self.folder, "pebble-listener")
@@ -53,20 +53,21 @@ are rejected only when a test asks for it (env_extra PEBBLE_WFE_NONCEREJECT)."""
         env.update(env_extra or {})
         for attempt in range(ATTEMPTS):
             try:
-                self._start(env, http_port or free_port(), dns_server)
+                self._start(env, http_port or free_port(), dns_server, chall_http01)
                 return
             except _PortTaken:
                 self.close()
         raise RuntimeError("pebble: no free ports after %d attempts" % ATTEMPTS)
 
-    def _start(self, env, http_port, dns_server):
+    def _start(self, env, http_port, dns_server, chall_http01):
         self.http_port = http_port
         listen, pmgmt, tls = free_port(), free_port(), free_port()
         if dns_server is None:  # challtestsrv is the DNS the CA asks
             dns, self.chall_mgmt = free_port(True), free_port()
             dns_server = "127.0.0.1:%d" % dns
             self._spawn(["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                         "-dns01", dns_server, "-http01", "", "-https01", "", "-tlsalpn01", "",
+                         "-dns01", dns_server, "-http01", "127.0.0.1:%d" % http_port if chall_http01 else "",
+                         "-https01", "", "-tlsalpn01", "",
                          "-management", "127.0.0.1:%d" % self.chall_mgmt], None, self.chall_mgmt)
         conf = os.path.join(self.folder, "pebble.json")
         with open(conf, "w") as f:

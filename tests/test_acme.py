@@ -29,10 +29,10 @@ ALLOW = "*.fleet.example.com"
 def start_pebble(tmp_path):
     started = []
 
-    def start(env=None, http_port=None, dns_server=None):
+    def start(env=None, http_port=None, dns_server=None, chall_http01=False):
         folder = tmp_path / ("pebble%d" % len(started))
         folder.mkdir()
-        pb = Pebble(folder, env, http_port, dns_server)
+        pb = Pebble(folder, env, http_port, dns_server, chall_http01)
         started.append(pb)
         return pb
 
@@ -184,6 +184,36 @@ s.close()
         assert out == "echo:hi\n"
     finally:
         srv.close()
+
+
+@pytest.mark.pebble
+def test_http01_hook(start_pebble, tmp_path):
+    pb = start_pebble(chall_http01=True)
+    acme = tmp_path / "acme"
+    assert acme_init(pb, acme, challenge=["--http01-hook", hook(pb)]).returncode == 0
+    ids = ["h1", "h2"]
+    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ids), env=PW)
+    assert r.returncode == 0, r.stderr
+    for i in ids:
+        verify(pb, chain_of(acme / "devices" / i / "device.crt"), "%s.fleet.example.com" % i)
+
+
+@pytest.mark.pebble
+def test_http01_address_taken_is_named(start_pebble, tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        pb = start_pebble(http_port=port)
+        acme = tmp_path / "acme"
+        assert acme_init(pb, acme, challenge=["--http01", "127.0.0.1:%d" % port]).returncode == 0
+        r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "t", "--dns", "t.fleet.example.com", env=PW)
+        assert r.returncode == 2
+        assert "cannot serve http-01 on 127.0.0.1:%d: [Errno 98] Address already in use" % port in r.stderr, r.stderr
+        assert not (acme / "devices").exists()
+    finally:
+        taken.close()
 
 
 @pytest.mark.pebble
@@ -356,6 +386,18 @@ def test_acme_init_user_errors(tmp_path, args, needle):
                  "--allow", ALLOW, *args, env=PW)
     assert r.returncode == 2 and needle in r.stderr, r.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_acme_issue_needs_a_name(tmp_path):
+    folder = tmp_path / "acme"
+    folder.mkdir()
+    (folder / "acme.json").write_text(json.dumps({"directory": "https://127.0.0.1:1/dir"}))
+    r = tlsguard("ca", "--dir", folder, "issue", "--device-id", "d1", env=PW)
+    assert r.returncode == 2
+    assert "device d1: an ACME certificate needs a DNS name or IP (--dns NAME" in r.stderr
+    r = tlsguard("ca", "--dir", folder, "issue", "--device-id", "d1", "--renew", env=PW)
+    assert r.returncode == 2 and "device key not found" in r.stderr, r.stderr
+    assert not (folder / "devices").exists()
 
 
 def test_acme_init_refuses_a_local_ca_folder(tmp_path):
