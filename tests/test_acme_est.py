@@ -30,6 +30,7 @@ def test_device_enrolls_and_renews_through_est_backed_by_acme(pebble, mpy, tmp_p
     secret = r.stdout.strip()
     srv = ESTServer(fleet, "--cert", crt, "--key", key, "--acme-ca", acme_ca)
     try:
+        assert "(names: {id}; lifetime set by the ACME CA)" in srv.banner
         (tmp_path / "root.der").write_bytes(est_root.der)
 
         def device(op, **cfg):

@@ -215,8 +215,9 @@ def run_serve(args):
         host, port = est.serve(args.host, args.port)
     except OSError as e:
         raise CLIError("cannot listen on %s:%d: %s" % (args.host, args.port, e))
-    print("serving EST on https://%s:%d%s (names: %s; %d days)" % (
-        host, port, "/.well-known/est", ", ".join(policy.names), policy.days), flush=True)
+    lifetime = "lifetime set by the ACME CA" if cmd_ca_acme.configured(args.dir) else "%d days" % policy.days
+    print("serving EST on https://%s:%d%s (names: %s; %s)" % (
+        host, port, "/.well-known/est", ", ".join(policy.names), lifetime), flush=True)
     import signal
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=est.shutdown).start())
     est.serve_forever()
