@@ -8,6 +8,7 @@ server's, bound to a device) must allow the names too. The CA sets the lifetime 
 sent: most ACME CAs ignore or refuse notAfter).
 """
 import logging
+import queue
 import threading
 import time
 
@@ -48,7 +49,7 @@ class AcmeIssuer(Issuer):
         self.key = self.account.load_key()
         self.policy = Policy(self.conf.get("allow", ()), require_cn=False)
         self.net_kw = {} if max_retry_after is None else {"max_retry_after": max_retry_after}
-        self._local = threading.local()
+        self._idle = queue.SimpleQueue()  # clients not in use: the EST server runs a thread per request
         self._lock = threading.Lock()
         self.responder = None
 
@@ -70,13 +71,14 @@ class AcmeIssuer(Issuer):
                 self.responder = Responder(self.conf.get("challenge", {}), self.account.folder)
 
     def _client(self):
-        """This thread's client, its account found (or registered again if the CA forgot it)."""
-        acme = getattr(self._local, "acme", None)
-        if acme is None:
+        """An idle client, or a new one with its account found (or registered again if the CA
+        forgot it). A client is used by one thread at a time: it keeps nonces."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
             acme = self.account.client(self.conf, self.key, **self.net_kw)
             Account.register(acme, self.conf.get("contact", ()))
-            self._local.acme = acme
-        return acme
+            return acme
 
     def issue(self, csr_der, policy=None):
         """The certificate chain [leaf, intermediates...] (DER) the CA issues for this CSR."""
@@ -88,12 +90,15 @@ class AcmeIssuer(Issuer):
         csr_pem = csr.public_bytes(serialization.Encoding.PEM)
         try:
             acme = self._client()
-            for attempt in range(1, ORDER_ATTEMPTS + 1):
-                try:
-                    return self._order(acme, csr, csr_pem, names)
-                except _Transient as e:
-                    log.info("order for %s: %s (attempt %d)", names[0], e, attempt)
-                    last = e
+            try:
+                for attempt in range(1, ORDER_ATTEMPTS + 1):
+                    try:
+                        return self._order(acme, csr, csr_pem, names)
+                    except _Transient as e:
+                        log.info("order for %s: %s (attempt %d)", names[0], e, attempt)
+                        last = e
+            finally:
+                self._idle.put(acme)
         except messages.Error as e:
             # What the retries did not absorb (badNonce after NONCE_RETRIES, malformed, ...).
             raise AcmeError("the ACME CA answered %s for %s" % (problem(e), ", ".join(names)),
