@@ -294,6 +294,31 @@ def test_policy_refuses_before_any_order(acme_dir, tmp_path, names):
 
 
 @pytest.mark.pebble
+def test_cn_outside_the_sans_refused_before_any_order(acme_dir, tmp_path):
+    """A CSR whose CN is not a SAN would fail at finalize (after the challenges): refused unsent."""
+    conf = json.loads((acme_dir / "acme.json").read_text())
+    spy = CountingListener()
+    conf["directory"] = "https://127.0.0.1:%d/dir" % spy.port
+    (acme_dir / "acme.json").write_text(json.dumps(conf))
+    try:
+        key = ec.generate_private_key(ec.SECP256R1())
+        for sans in ([], ["b.fleet.example.com"]):
+            builder = x509.CertificateSigningRequestBuilder().subject_name(
+                x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "a.fleet.example.com")]))
+            if sans:
+                builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]),
+                                                critical=False)
+            (tmp_path / "cn.csr").write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+            r = tlsguard("ca", "--dir", acme_dir, "sign", "--csr", tmp_path / "cn.csr", env=PW)
+            assert r.returncode == 2
+            assert "the CN 'a.fleet.example.com' is not among them (%s): the device must list it as a SAN too; " \
+                   "no order placed" % (", ".join(sans) or "no SAN") in r.stderr, r.stderr
+        assert spy.accepted == 0
+    finally:
+        spy.close()
+
+
+@pytest.mark.pebble
 @pytest.mark.parametrize("mode,needle", [
     ("--wrong", "dns-01 challenge for bad-1.fleet.example.com failed: unauthorized"),
     ("--servfail", "validation of bad-1.fleet.example.com failed 3 times: unauthorized: Error retrieving TXT"),

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
 ENV = dict(os.environ, TLSGUARD_CA_PASSPHRASE="bench")
-LOCAL_N = 10000
+LOCAL_N = int(os.environ.get("BENCH_ISSUE_N", 10000))
 ACME_N = 100
 JOBS = 8
 EST_CLIENTS = 16
@@ -69,23 +69,22 @@ def _renew(port, root, device_dir, csr_b64):
         conn.close()
 
 
-def est(work):
-    """(renewals done, failures, clients, requests/s) of `tlsguard ca serve` for the local CA's devices."""
-    ca = os.path.join(work, "pki")
-    ids = ["dev-%05d" % i for i in range(LOCAL_N)]
+def est(ca, ids, root, serve_args=()):
+    """(renewals done, failures, requests/s) of `tlsguard ca serve` on CA folder `ca` for the
+    devices `ids` there (each renewing once); `root` verifies the server's certificate."""
     csrs = {}
     for i in ids:  # made before the clock starts: the server's rate is measured, not the CSRs'
         key = ec.generate_private_key(ec.SECP256R1())
         csr = (x509.CertificateSigningRequestBuilder()
                .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, i)]))
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName(i)]), critical=False)
                .sign(key, hashes.SHA256()))
         csrs[i] = base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
-    log = open(os.path.join(work, "serve.log"), "w")
-    proc = subprocess.Popen([TLSGUARD, "ca", "--dir", ca, "serve", "--port", "0"], env=ENV,
+    log = open(os.path.join(ca, "serve.log"), "w")
+    proc = subprocess.Popen([TLSGUARD, "ca", "--dir", ca, "serve", "--port", "0", *serve_args], env=ENV,
                             stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         port = int(re.search(r"https://127\.0\.0\.1:(\d+)/", proc.stdout.readline()).group(1))
-        root = os.path.join(ca, "root.crt")
         statuses, stop = [], time.monotonic() + EST_SECONDS
         lock = threading.Lock()
         todo = iter(ids)
@@ -117,7 +116,9 @@ def est(work):
     return ok, len(statuses) - ok, len(statuses) / elapsed
 
 
-def acme(work, challenge):
+def acme(work, challenge, with_est=False):
+    """certificates/s of a batch through pebble; with_est: also (renewed, failed, requests/s) of
+    `tlsguard ca serve` on that ACME folder, the batch's devices renewing through it."""
     from acme_pebble import Pebble, free_port
     port = free_port()
     folder = tempfile.mkdtemp(dir=work)
@@ -131,7 +132,23 @@ def acme(work, challenge):
         ca = os.path.join(folder, "acme")
         tlsguard("ca", "--dir", ca, "acme-init", "--directory", pb.directory, "--server-ca", pb.server_ca,
                  "--agree-tos", "--allow", "*.fleet.example.com", *how)
-        return ACME_N / tlsguard("ca", "--dir", ca, "issue", "--batch", batch(folder, ACME_N), "--jobs", JOBS)
+        # Device ids are the names: the EST policy ({id}) wants the CSR's CN to be the device id.
+        path = os.path.join(folder, "fleet-acme.txt")
+        ids = ["dev-%05d.fleet.example.com" % i for i in range(ACME_N)]
+        with open(path, "w") as f:
+            f.write("".join("%s %s\n" % (i, i) for i in ids))
+        rate = ACME_N / tlsguard("ca", "--dir", ca, "issue", "--batch", path, "--jobs", JOBS)
+        if not with_est:
+            return rate
+        import pki
+        server = pki.CA("bench EST server root")
+        crt, key = server.issue(("localhost", "127.0.0.1")).write(folder, "est-server")
+        root, acme_ca = os.path.join(folder, "est-root.pem"), os.path.join(folder, "acme-ca.pem")
+        with open(root, "wb") as f:
+            f.write(server.pem)
+        with open(acme_ca, "wb") as f:
+            f.write(pb.root_pem() + pb.intermediate_pem())
+        return rate, est(ca, ids, root, ["--cert", crt, "--key", key, "--acme-ca", acme_ca])
     finally:
         pb.close()
 
@@ -139,19 +156,25 @@ def acme(work, challenge):
 def main():
     with tempfile.TemporaryDirectory() as work:
         rows = [("local folder CA (EC P-256)", LOCAL_N, 1, local(work))]
-        renewed, failed, rps = est(work)
-        for challenge in ("dns-01", "http-01"):
-            rows.append(("pebble ACME, %s" % challenge, ACME_N, JOBS, acme(work, challenge)))
+        ca = os.path.join(work, "pki")
+        local_est = est(ca, ["dev-%05d" % i for i in range(LOCAL_N)], os.path.join(ca, "root.crt"))
+        rows.append(("pebble ACME, dns-01", ACME_N, JOBS, acme(work, "dns-01")))
+        rate, acme_est = acme(work, "http-01", with_est=True)
+        rows.append(("pebble ACME, http-01", ACME_N, JOBS, rate))
     print("## Fleet issuance (`tlsguard ca issue --batch`)\n")
     print("Whole command, device keys and files included; `python tools/bench.py issue`.\n")
     print("| CA | devices | orders in flight | certificates/s |")
     print("|---|---:|---:|---:|")
     for name, n, jobs, rate in rows:
         print("| %s | %d | %d | %.1f |" % (name, n, jobs, rate))
-    print("\n**Enrollment server** (`tlsguard ca serve`, local CA): %d simulated devices renewing at "
-          "once over mutual TLS on loopback (one connection per request, clients on the same 2 cores), "
-          "%d renewed, %d failed, at most %d s: **%.1f requests/s**.\n"
-          % (EST_CLIENTS, renewed, failed, EST_SECONDS, rps))
+    print("\n**Enrollment server** (`tlsguard ca serve`): %d simulated devices renewing at once over "
+          "mutual TLS on loopback (one connection per request, clients on the same 2 cores), each device "
+          "once, at most %d s:\n" % (EST_CLIENTS, EST_SECONDS))
+    print("| issuer behind the server | devices renewed | failed | requests/s |")
+    print("|---|---:|---:|---:|")
+    for name, (renewed, failed, rps) in (("local folder CA", local_est), ("pebble ACME, http-01", acme_est)):
+        print("| %s | %d | %d | %.1f |" % (name, renewed, failed, rps))
+    print()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,22 @@ def order_names(csr):
     return dns + ips
 
 
+def _check_sans(csr):
+    """ACME CAs certify the subjectAltName names only: a CN outside them fails at finalize, after
+    the challenges, so it is refused here (the CSR is the device's: it cannot be amended)."""
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+        sans += [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        sans = []
+    cns = csr.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    if not sans or (cns and cns[0].value.lower() not in sans):
+        raise AcmeError("an ACME CA certifies the CSR's subjectAltName names only, and the CN %r is "
+                        "not among them (%s): the device must list it as a SAN too; no order placed"
+                        % (cns[0].value if cns else None, ", ".join(sans) or "no SAN"), "refused")
+
+
 class AcmeIssuer(Issuer):
     def __init__(self, folder, passphrase=None, max_retry_after=None):
         self.account = Account(folder, passphrase)
@@ -86,6 +102,7 @@ class AcmeIssuer(Issuer):
         if policy is not None:
             policy.check(csr_der)
         names = order_names(csr)
+        _check_sans(csr)
         self.responder_ready()
         csr_pem = csr.public_bytes(serialization.Encoding.PEM)
         try:
@@ -163,12 +180,13 @@ class AcmeIssuer(Issuer):
         try:
             orderr = acme.begin_finalization(orderr)
         except messages.Error as e:
-            raise AcmeError("the ACME CA refused to finalize: %s" % problem(e))
+            raise AcmeError("the ACME CA refused to finalize: %s" % problem(e), "refused")
         body = self._poll(lambda: messages.Order.from_json(acme._post_as_get(orderr.uri).json()),
                           lambda b: b.status in (messages.STATUS_VALID, messages.STATUS_INVALID),
                           deadline, "issuing")
         if body.status == messages.STATUS_INVALID or body.certificate is None:
-            raise AcmeError("the ACME CA did not issue: %s" % (problem(body.error) if body.error else "order invalid"))
+            raise AcmeError("the ACME CA did not issue: %s" % (problem(body.error) if body.error else "order invalid"),
+                            "refused")
         try:
             chain = x509.load_pem_x509_certificates(acme._post_as_get(body.certificate).content)
         except ValueError:
