@@ -1,7 +1,6 @@
 """`tlsguard ca` issuing from a real ACME CA (pebble + pebble-challtestsrv on loopback): batches of
 devices over dns-01 and http-01, the device's own CSR, renewal, and every refusal with its cause
 and nothing half written: policy, failing challenges, badNonce, rateLimited, CA unreachable."""
-import datetime
 import json
 import os
 import socket

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from fakeboard import BIN, ROOT
-from test_acme import ALLOW, HOOK, chain_of, device_csr, hook, pebble, start_pebble, verify  # noqa: F401
+from test_acme import ALLOW, chain_of, device_csr, hook, pebble, start_pebble, verify  # noqa: F401 (fixtures)
 
 MARKER = "<!-- acme-example: run by tests/test_acme_readme.py -->"
 
