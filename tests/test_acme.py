@@ -281,6 +281,11 @@ def test_policy_refuses_before_any_order(acme_dir, tmp_path, names):
         assert r.returncode == 2
         bad = [n for n in names if not n.endswith(".fleet.example.com")][0]
         assert "name %r is not allowed by the issuance policy" % bad in r.stderr, r.stderr
+        # --allow on `sign` narrows the folder's names, never widens them.
+        _, ok_csr = device_csr("ok.fleet.example.com")
+        (tmp_path / "ok.csr").write_bytes(ok_csr)
+        r = tlsguard("ca", "--dir", acme_dir, "sign", "--csr", tmp_path / "ok.csr", "--allow", "router.*", env=PW)
+        assert r.returncode == 2 and "name 'ok.fleet.example.com' is not allowed" in r.stderr, r.stderr
         batch = tmp_path / "b.txt"
         batch.write_text("ok1 ok1.fleet.example.com\nbad %s\n" % " ".join(names))
         r = tlsguard("ca", "--dir", acme_dir, "issue", "--batch", batch, env=PW)
