@@ -483,3 +483,71 @@ def test_rfc2136_wrong_key_or_zone_is_named(start_pebble, named, tmp_path):
     r = acme_init(pb, tmp_path / "acme2", challenge=["--rfc2136", named.addr, "--tsig-key", HOOK])
     assert r.returncode == 2 and "no TSIG key in BIND format" in r.stderr
     assert not (tmp_path / "acme2").exists()
+
+
+class SwappingProxy:
+    """A man in the middle holding a certificate the client trusts (pebble's listener key): it
+    relays every request to pebble as it is (Host kept, so pebble's URLs name the proxy) and, in
+    the certificate download, puts a certificate for another key in place of the device's."""
+
+    def __init__(self, pb, forged_pem):
+        import http.client
+        import http.server
+        import ssl
+        upstream = ("127.0.0.1", int(pb.directory.split(":")[2].split("/")[0]))
+        up_ctx = ssl.create_default_context(cafile=pb.server_ca)
+
+        class Relay(http.server.BaseHTTPRequestHandler):
+            def _relay(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                conn = http.client.HTTPSConnection(*upstream, context=up_ctx, timeout=30)
+                conn.request(self.command, self.path, body or None,
+                             {k: v for k, v in self.headers.items() if k.lower() != "connection"})
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                if self.path.startswith("/certZ/") and resp.status == 200:
+                    data = forged_pem + data[data.index(b"-----END CERTIFICATE-----") + 26:]
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_HEAD = _relay
+
+            def log_message(self, *args):
+                pass
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pb.crt, pb.key)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.directory = "https://127.0.0.1:%d/dir" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.pebble
+def test_certificate_for_another_key_is_refused(pebble, tmp_path):
+    import pki
+    forged = pki.CA("attacker CA").issue(("m.fleet.example.com",)).pem
+    proxy = SwappingProxy(pebble, forged)
+    try:
+        acme = tmp_path / "acme"
+        r = tlsguard("ca", "--dir", acme, "acme-init", "--directory", proxy.directory, "--server-ca", pebble.server_ca,
+                     "--agree-tos", "--dns-hook", hook(pebble), "--allow", ALLOW, env=PW)
+        assert r.returncode == 0, r.stderr
+        r = tlsguard("ca", "--dir", acme, "issue", "--device-id", "m", "--dns", "m.fleet.example.com", env=PW)
+        assert r.returncode == 2
+        assert "the ACME CA's certificate does not carry the requested key" in r.stderr, r.stderr
+        assert not (acme / "devices").exists()
+    finally:
+        proxy.close()
