@@ -1,9 +1,12 @@
 """`tlsguard ca` issuing from a real ACME CA (pebble + pebble-challtestsrv on loopback): batches of
 devices over dns-01 and http-01, the device's own CSR, renewal, and every refusal with its cause
 and nothing half written: policy, failing challenges, badNonce, rateLimited, CA unreachable."""
+import http.client
+import http.server
 import json
 import os
 import socket
+import ssl
 import stat
 import sys
 import threading
@@ -14,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 
+import pki
 from acme_pebble import Pebble, free_port
 from conftest import pyrepr
 from fakeboard import tlsguard
@@ -491,9 +495,6 @@ class SwappingProxy:
     the certificate download, puts a certificate for another key in place of the device's."""
 
     def __init__(self, pb, forged_pem):
-        import http.client
-        import http.server
-        import ssl
         upstream = ("127.0.0.1", int(pb.directory.split(":")[2].split("/")[0]))
         up_ctx = ssl.create_default_context(cafile=pb.server_ca)
 
@@ -537,7 +538,6 @@ class SwappingProxy:
 
 @pytest.mark.pebble
 def test_certificate_for_another_key_is_refused(pebble, tmp_path):
-    import pki
     forged = pki.CA("attacker CA").issue(("m.fleet.example.com",)).pem
     proxy = SwappingProxy(pebble, forged)
     try:
