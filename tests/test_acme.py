@@ -105,6 +105,15 @@ def write_batch(path, ids, domain="fleet.example.com"):
     return path
 
 
+def issue_batch(pb, acme, tmp_path, ids):
+    """`issue --batch` for ids (names ID.fleet.example.com); each chain verified against pb's root."""
+    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ids), env=PW)
+    assert r.returncode == 0, r.stderr
+    for i in ids:
+        verify(pb, chain_of(acme / "devices" / i / "device.crt"), "%s.fleet.example.com" % i)
+    return r
+
+
 @pytest.mark.pebble
 def test_acme_init_stores_encrypted_account_key(pebble, acme_dir):
     key = acme_dir / "acme-account.key"
@@ -194,11 +203,7 @@ def test_http01_hook(start_pebble, tmp_path):
     pb = start_pebble(chall_http01=True)
     acme = tmp_path / "acme"
     assert acme_init(pb, acme, challenge=["--http01-hook", hook(pb)]).returncode == 0
-    ids = ["h1", "h2"]
-    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ids), env=PW)
-    assert r.returncode == 0, r.stderr
-    for i in ids:
-        verify(pb, chain_of(acme / "devices" / i / "device.crt"), "%s.fleet.example.com" % i)
+    issue_batch(pb, acme, tmp_path, ["h1", "h2"])
 
 
 @pytest.mark.pebble
@@ -372,11 +377,7 @@ def test_bad_nonce_retried(start_pebble, tmp_path):
     acme = tmp_path / "acme"
     r = acme_init(pb, acme)
     assert r.returncode == 0, r.stderr
-    ids = ["n%d" % i for i in range(8)]
-    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ids), env=PW)
-    assert r.returncode == 0, r.stderr
-    for i in ids:
-        verify(pb, chain_of(acme / "devices" / i / "device.crt"), "%s.fleet.example.com" % i)
+    issue_batch(pb, acme, tmp_path, ["n%d" % i for i in range(8)])
 
 
 @pytest.mark.pebble
@@ -460,10 +461,8 @@ def test_rfc2136_dynamic_update_against_bind(start_pebble, named, tmp_path):
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(os.stat(acme / "acme-tsig.key").st_mode) == 0o600
     ids = ["r%d" % i for i in range(4)]
-    r = tlsguard("ca", "--dir", acme, "issue", "--batch", write_batch(tmp_path / "b.txt", ids), env=PW)
-    assert r.returncode == 0, r.stderr
+    issue_batch(pb, acme, tmp_path, ids)
     for i in ids:
-        verify(pb, chain_of(acme / "devices" / i / "device.crt"), "%s.fleet.example.com" % i)
         assert named.txt("_acme-challenge.%s.fleet.example.com" % i) == []  # cleaned up
 
 
