@@ -177,13 +177,18 @@ class AcmeIssuer(Issuer):
             "refused")
 
     def _finalize(self, acme, orderr, csr, deadline):
-        try:
-            orderr = acme.begin_finalization(orderr)
-        except messages.Error as e:
-            raise AcmeError("the ACME CA refused to finalize: %s" % problem(e), "refused")
-        body = self._poll(lambda: messages.Order.from_json(acme._post_as_get(orderr.uri).json()),
-                          lambda b: b.status in (messages.STATUS_VALID, messages.STATUS_INVALID),
-                          deadline, "issuing")
+        def order():
+            return messages.Order.from_json(acme._post_as_get(orderr.uri).json())
+        # RFC 8555 7.4: finalize once the order is "ready" (a CA may take a moment after the
+        # last authorization turns valid).
+        body = self._poll(order, lambda b: b.status != messages.STATUS_PENDING, deadline, "readying the order")
+        if body.status == messages.STATUS_READY:
+            try:
+                acme.begin_finalization(orderr)
+            except messages.Error as e:
+                raise AcmeError("the ACME CA refused to finalize: %s" % problem(e), "refused")
+            body = self._poll(order, lambda b: b.status in (messages.STATUS_VALID, messages.STATUS_INVALID),
+                              deadline, "issuing")
         if body.status == messages.STATUS_INVALID or body.certificate is None:
             raise AcmeError("the ACME CA did not issue: %s" % (problem(body.error) if body.error else "order invalid"),
                             "refused")
