@@ -37,10 +37,12 @@ def free_port(udp_too=False):
 class Pebble:
     """pebble + pebble-challtestsrv. `env_extra` adds to pebble's environment; http_port is
     where pebble's VA fetches http-01 tokens; dns_server (HOST:PORT) replaces challtestsrv as the
-DNS pebble's VA asks; chall_http01 makes challtestsrv serve http-01 tokens (set through its API) (ours to serve; challtestsrv's http-01 is off). Nonces
+DNS pebble's VA asks; eab_keys {kid: HMAC key} makes external account binding required; chall_http01 makes challtestsrv serve http-01 tokens (set through its API) (ours to serve; challtestsrv's http-01 is off). Nonces
 are rejected only when a test asks for it (env_extra PEBBLE_WFE_NONCEREJECT)."""
 
-    def __init__(self, folder, env_extra=None, http_port=None, dns_server=None, chall_http01=False):
+    def __init__(self, folder, env_extra=None, http_port=None, dns_server=None, chall_http01=False,
+                 eab_keys=None):
+        self.eab_keys = eab_keys
         self.folder = str(folder)
         self.listener_ca = pki.CA("pebble listener root")
         self.crt, self.key = self.listener_ca.issue(("127.0.0.1", "localhost")).write(self.folder, "pebble-listener")
@@ -75,7 +77,8 @@ are rejected only when a test asks for it (env_extra PEBBLE_WFE_NONCEREJECT)."""
                                   "managementListenAddress": "127.0.0.1:%d" % pmgmt,
                                   "certificate": self.crt, "privateKey": self.key,
                                   "httpPort": http_port, "tlsPort": tls,
-                                  "ocspResponderURL": "", "externalAccountBindingRequired": False}}, f)
+                                  "ocspResponderURL": "", "externalAccountBindingRequired": bool(self.eab_keys),
+                                  "externalAccountMACKeys": self.eab_keys or {}}}, f)
         self._spawn(["pebble", "-config", conf, "-dnsserver", dns_server], env, listen, pmgmt)
         self.directory = "https://127.0.0.1:%d/dir" % listen
         self.management = "https://127.0.0.1:%d" % pmgmt

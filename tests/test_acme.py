@@ -32,10 +32,10 @@ ALLOW = "*.fleet.example.com"
 def start_pebble(tmp_path):
     started = []
 
-    def start(env=None, http_port=None, dns_server=None, chall_http01=False):
+    def start(env=None, http_port=None, dns_server=None, chall_http01=False, eab_keys=None):
         folder = tmp_path / ("pebble%d" % len(started))
         folder.mkdir()
-        pb = Pebble(folder, env, http_port, dns_server, chall_http01)
+        pb = Pebble(folder, env, http_port, dns_server, chall_http01, eab_keys)
         started.append(pb)
         return pb
 
@@ -550,3 +550,21 @@ def test_certificate_for_another_key_is_refused(pebble, tmp_path):
         assert not (acme / "devices").exists()
     finally:
         proxy.close()
+
+
+@pytest.mark.pebble
+def test_external_account_binding(start_pebble, tmp_path):
+    hmac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+    pb = start_pebble(eab_keys={"fleet-kid-1": hmac_key})
+    r = acme_init(pb, tmp_path / "a")
+    assert r.returncode == 2
+    assert "the ACME CA refused the account: externalAccountRequired" in r.stderr, r.stderr
+    assert not (tmp_path / "a").exists()
+    r = acme_init(pb, tmp_path / "b", "--eab-kid", "fleet-kid-1", "--eab-hmac-key", hmac_key[::-1])
+    assert r.returncode == 2 and "the ACME CA refused the account: unauthorized" in r.stderr, r.stderr
+    acme = tmp_path / "acme"
+    r = acme_init(pb, acme, "--eab-kid", "fleet-kid-1", "--eab-hmac-key", hmac_key)
+    assert r.returncode == 0, r.stderr
+    conf = json.loads((acme / "acme.json").read_text())
+    assert conf["eab_kid"] == "fleet-kid-1" and hmac_key not in (acme / "acme.json").read_text()
+    issue_batch(pb, acme, tmp_path, ["e1"])

@@ -134,11 +134,20 @@ class Account:
         return client.ClientV2(directory, net)
 
     @staticmethod
-    def register(acme, contact=()):
-        """Register the key, or find the account it already has; returns the account URL."""
-        reg = messages.NewRegistration(contact=tuple(contact), terms_of_service_agreed=True)
+    def register(acme, contact=(), eab=None, existing=False):
+        """Register the key (with external account binding `eab` = (kid, HMAC key), if the CA wants
+        one), or find the account it already has (only that, if `existing`); the account URL."""
+        fields = {"contact": tuple(contact), "terms_of_service_agreed": True}
+        if existing:
+            fields = {"only_return_existing": True}
+        elif eab:
+            try:
+                fields["external_account_binding"] = messages.ExternalAccountBinding.from_data(
+                    acme.net.key.public_key(), eab[0], eab[1], acme.directory)
+            except (ValueError, TypeError) as e:
+                raise CLIError("--eab-hmac-key is not base64url: %s" % e)
         try:
-            regr = acme.new_account(reg)
+            regr = acme.new_account(messages.NewRegistration(**fields))
         except errors.ConflictError as e:
             regr = messages.RegistrationResource(uri=e.location, body=messages.Registration())
             acme.net.account = regr

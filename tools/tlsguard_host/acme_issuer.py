@@ -88,12 +88,13 @@ class AcmeIssuer(Issuer):
 
     def _client(self):
         """An idle client, or a new one with its account found (or registered again if the CA
-        forgot it). A client is used by one thread at a time: it keeps nonces."""
+        forgot it and needs no binding). A client is used by one thread at a time: it keeps nonces."""
         try:
             return self._idle.get_nowait()
         except queue.Empty:
             acme = self.account.client(self.conf, self.key, **self.net_kw)
-            Account.register(acme, self.conf.get("contact", ()))
+            # An account made with external account binding cannot be made again without it.
+            Account.register(acme, self.conf.get("contact", ()), existing=bool(self.conf.get("eab_kid")))
             return acme
 
     def issue(self, csr_der, policy=None):

@@ -79,7 +79,12 @@ def run_acme_init(args, passphrase):
     tos = acme.directory.meta.terms_of_service
     if tos and not args.agree_tos:
         raise CLIError("the ACME CA's terms of service (%s) must be agreed to: add --agree-tos" % tos)
-    conf["account_url"] = Account.register(acme, conf["contact"])
+    if bool(args.eab_kid) != bool(args.eab_hmac_key):
+        raise CLIError("external account binding needs both --eab-kid and --eab-hmac-key")
+    eab = (args.eab_kid, args.eab_hmac_key) if args.eab_kid else None
+    conf["account_url"] = Account.register(acme, conf["contact"], eab)
+    if eab:
+        conf["eab_kid"] = args.eab_kid  # the HMAC key is used once, not kept
     os.makedirs(folder, mode=0o700, exist_ok=True)
     os.chmod(folder, 0o700)
     if server_ca:
@@ -241,6 +246,8 @@ def register(csub, passphrase_args):
     q.add_argument("--allow", action="append", metavar="PATTERN",
                    help="names devices may get (shell pattern, repeatable); others are refused unsent")
     q.add_argument("--agree-tos", action="store_true", help="agree to the CA's terms of service")
+    q.add_argument("--eab-kid", help="external account binding: the key id the CA gave you")
+    q.add_argument("--eab-hmac-key", help="external account binding: its HMAC key (base64url)")
     q.add_argument("--no-passphrase", action="store_true", help="store the account key unencrypted (0600)")
     q.add_argument("--force", action="store_true", help="replace the settings (the account key is kept)")
     passphrase_args(q)
