@@ -21,6 +21,7 @@ class Handshake:
         self.pin_ok = pinset is None
         self.chain = []
         self.failure = None
+        self.refetch = None  # connect() sets it: reads the presented chain again, to diagnose
 
     def callback(self, cert, depth):
         # Runs inside mbedTLS: nothing may escape, a non-zero return aborts the handshake.
