@@ -98,6 +98,9 @@ def _where(depth, f):
 
 def presented_fault(raws, host):
     """The fault in a certificate list as the server sent it (raw entries, leaf first), or None."""
+    if not raws:
+        return _err("malformed certificate from the server: its Certificate message holds no "
+                    "readable certificate", host, None)
     facts = []
     for depth, raw in enumerate(raws):
         if len(raw) < 128:  # mbedTLS's own floor for a certificate entry
@@ -178,26 +181,14 @@ def recorded(hs):
 
 
 def bad_signature(facts, anchors, host):
-    """The chain reached a loaded anchor, or stopped below one, yet mbedTLS said not trusted:
-    a signature does not verify. facts: the recorded chain, leaf first."""
-    if not facts:
-        return None
-    top = facts[-1].cert
+    """The chain reached a loaded anchor yet mbedTLS said not trusted: a signature below it does
+    not verify (a link into the anchor is checked while searching: a bad one is not linked at
+    all). facts: the recorded chain, leaf first."""
     n = len(facts)
-    if top.der in anchors and n > 2:
-        # A link into the anchor is checked while searching (a bad one is not linked at all), so
-        # the bad signature is on a certificate below the first intermediate.
-        if n == 3:
-            return TLSError("bad_certificate", "bad signature on the certificate at depth 0 '%s': it does "
-                            "not verify with the key of its issuer '%s'" % (facts[0].name, facts[1].name),
-                            host, 0)
-        return TLSError("bad_certificate", "bad signature on a certificate at depth 0 to %d: one does not "
-                        "verify with its issuer's key" % (n - 3), host, None)
-    if top.der not in anchors and not top.self_issued:
-        for der_ in anchors:
-            if Certificate(der_).subject_der == top.issuer_der:
-                return TLSError("bad_certificate", "bad signature on the certificate at depth %d '%s': it "
-                                "does not verify with the key of the trusted '%s'"
-                                % (n - 1, facts[-1].name, printable(Certificate(der_).subject)),
-                                host, n - 1)
-    return None
+    if n < 3 or facts[-1].cert.der not in anchors:
+        return None
+    if n == 3:
+        return TLSError("bad_certificate", "bad signature on the certificate at depth 0 '%s': it does "
+                        "not verify with the key of its issuer '%s'" % (facts[0].name, facts[1].name), host, 0)
+    return TLSError("bad_certificate", "bad signature on a certificate at depth 0 to %d: one does not "
+                    "verify with its issuer's key" % (n - 3), host, None)

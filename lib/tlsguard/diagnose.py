@@ -89,7 +89,10 @@ def _untrusted(hs, host, certs, anchors, note=None):
         return TLSError("untrusted_root", "root '%s' is not a trusted anchor%s" % (printable(top.subject), tail),
                         host, depth)
     detail = "no trusted root for issuer '%s'" % printable(top.issuer)
-    if not top.is_ca:
+    if any(Certificate(der).subject_der == top.issuer_der for der in anchors):
+        detail += (" (a trusted root of that name is loaded but its key does not verify the signature: "
+                   "another CA with the same name, or a corrupted signature)")
+    elif not top.is_ca:
         detail += " (the server sent no intermediate: it may be missing from its chain)"
     if note:
         detail += tail
@@ -112,6 +115,10 @@ def _leaf_is_ca(certs):
     server's own, the intermediate above it stands in as the leaf."""
     leaf = _leaf(certs)
     return leaf is not None and leaf.is_ca
+
+
+_SKIPPED = (" (the certificate at depth 0 is a CA: mbedTLS skips a server certificate whose signature "
+            "algorithm it does not know, and a CA stood in)")
 
 
 def _presented(hs, host):
@@ -154,9 +161,12 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
     host = hs.host if hs else None
     certs = _certs(hs) if hs else []
     if hs is not None and hs.failure is not None:
-        if hs.failure.kind == "pin_mismatch" and _leaf_is_ca(certs):
-            return _presented(hs, host) or hs.failure
-        return hs.failure
+        err = hs.failure
+        if err.kind == "pin_mismatch" and _leaf_is_ca(certs):
+            err = _presented(hs, host) or err
+            if err is hs.failure and hs.refetch is None:
+                err.detail += _SKIPPED
+        return err
     now = platform.now()
     code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
     if code == _VERIFY_FAILED:
@@ -182,7 +192,12 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
             if kind == "untrusted_root":
                 return _not_trusted(hs, host, certs, anchors, note, not first_contact)
             if kind == "hostname_mismatch":
-                return (_leaf_is_ca(certs) and _presented(hs, host)) or _hostname(hs, host, certs)
+                if not _leaf_is_ca(certs):
+                    return _hostname(hs, host, certs)
+                err = _presented(hs, host) or _hostname(hs, host, certs)
+                if err.kind == "hostname_mismatch" and hs.refetch is None:
+                    err.detail += _SKIPPED
+                return err
             if kind == "usage":
                 return _usage(hs, host, printable(text.strip().replace("\n", "; ")))
             return TLSError(kind, printable(text.strip().replace("\n", "; ")), host)

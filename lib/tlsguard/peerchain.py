@@ -44,8 +44,8 @@ class _Recorder(io.IOBase):
 def certificate_list(data):
     """Parse the server's first flight (TLS 1.2 records, in the clear). Returns None while more
     bytes are needed, else (spoke TLS, entries): entries are the raw certificate entries of the
-    Certificate message, or None when the flight holds none (an alert, not TLS, or a message
-    that cannot be read)."""
+    Certificate message ([] if its lengths do not add up), or None when the flight holds none
+    (an alert, not TLS)."""
     hs = bytearray()
     pos = 0
     while pos + 5 <= len(data):
@@ -72,17 +72,17 @@ def certificate_list(data):
 
 def _entries(buf, s, e):
     """The entries of a Certificate message body buf[s:e] (24-bit total length, then 24-bit
-    length + bytes each); None when the lengths do not add up."""
+    length + bytes each); [] when the lengths do not add up."""
     if e - s < 3 or (buf[s] << 16) | (buf[s + 1] << 8) | buf[s + 2] != e - s - 3:
-        return None
+        return []
     out = []
     p = s + 3
     while p < e:
         if p + 3 > e:
-            return None
+            return []
         n = (buf[p] << 16) | (buf[p + 1] << 8) | buf[p + 2]
         if p + 3 + n > e:
-            return None
+            return []
         out.append(bytes(buf[p + 3:p + 3 + n]))
         p += 3 + n
     return out
