@@ -4,7 +4,7 @@ algorithm is skipped): issuer rules, path length, extended key usage, algorithms
 extensions this build lacks, malformed entries. Loaded only after a failed handshake."""
 from tlsguard import der
 from tlsguard.errors import TLSError
-from tlsguard.x509 import Certificate, extensions
+from tlsguard.x509 import Certificate
 
 # What this mbedTLS build parses (MicroPython's mbedtls_config_common.h: PKCS#1 v1.5 and ECDSA
 # with SHA-1/2; no RSA-PSS, SHA-3, EdDSA).
@@ -47,45 +47,39 @@ def _alg(buf, pos, end):
     return der.oid(buf, os_, oe)
 
 
-class Facts:
-    """A Certificate plus what only a diagnosis needs: algorithms, key usage, EKU, critical
+class Facts(Certificate):
+    """A Certificate plus what only a diagnosis needs: algorithms, keyCertSign, EKU, critical
     extensions."""
 
-    def __init__(self, cert):
-        self.cert = cert
-        buf = cert.der
-        cs, ce = der.expect(buf, 0, len(buf), 0x30, "Certificate")
-        ts, te = der.expect(buf, cs, ce, 0x30, "TBSCertificate")
-        self.sig = _alg(buf, te, ce)
-        spki = cert.spki
-        ks, ke = der.expect(spki, 0, len(spki), 0x30, "subjectPublicKeyInfo")
-        self.key = _alg(spki, ks, ke)
+    def __init__(self, data):
         self.key_cert_sign = None  # None: no keyUsage extension
         self.eku = None
         self.critical = []
-        pos = ts
-        while pos < te:
-            tag, s, e = der.item(buf, pos, te)
-            if tag == 0xA3:
-                self._extensions(buf, s, e)
-            pos = e
+        super().__init__(data)
+        buf = self.der
+        cs, ce = der.expect(buf, 0, len(buf), 0x30, "Certificate")
+        self.sig = _alg(buf, der.item(buf, cs, ce)[2], ce)
+        spki = self.spki
+        ks, ke = der.expect(spki, 0, len(spki), 0x30, "subjectPublicKeyInfo")
+        self.key = _alg(spki, ks, ke)
 
-    def _extensions(self, buf, s, e):
-        for ext_id, critical, vs, ve in extensions(buf, s, e):
-            oid = der.oid(ext_id, 0, len(ext_id))
-            if critical:
-                self.critical.append(oid)
-            if oid == "2.5.29.15":
-                bs, be = der.expect(buf, vs, ve, 0x03, "keyUsage")
-                # Bit 5 (keyCertSign) is 0x04 of the first byte after the unused-bits count.
-                self.key_cert_sign = be - bs > 1 and bool(buf[bs + 1] & 0x04)
-            elif oid == "2.5.29.37":
-                ss, se = der.expect(buf, vs, ve, 0x30, "extKeyUsage")
-                self.eku = [der.oid(buf, s2, e2) for _, s2, e2 in der.items(buf, ss, se)]
+    def _extension(self, ext_id, critical, vs, ve):
+        super()._extension(ext_id, critical, vs, ve)
+        buf = self.der
+        oid = der.oid(ext_id, 0, len(ext_id))
+        if critical:
+            self.critical.append(oid)
+        if oid == "2.5.29.15":
+            bs, be = der.expect(buf, vs, ve, 0x03, "keyUsage")
+            # Bit 5 (keyCertSign) is 0x04 of the first byte after the unused-bits count.
+            self.key_cert_sign = be - bs > 1 and bool(buf[bs + 1] & 0x04)
+        elif oid == "2.5.29.37":
+            ss, se = der.expect(buf, vs, ve, 0x30, "extKeyUsage")
+            self.eku = [der.oid(buf, s2, e2) for _, s2, e2 in der.items(buf, ss, se)]
 
     @property
     def name(self):
-        return printable(self.cert.subject)
+        return printable(self.subject)
 
 
 def _err(detail, host, depth):
@@ -107,7 +101,7 @@ def presented_fault(raws, host):
             return _err("malformed certificate from the server: the entry at depth %d is %d bytes, "
                         "too short to be a certificate" % (depth, len(raw)), host, depth)
         try:
-            facts.append(Facts(Certificate(raw)))
+            facts.append(Facts(raw))
         except ValueError as e:
             return _err("malformed certificate from the server at depth %d: %s" % (depth, e), host, depth)
     for depth, f in enumerate(facts):
@@ -131,10 +125,10 @@ def _path(facts):
     """The chain from the leaf (facts[0]) up, linked by name as mbedTLS links it."""
     path = [facts[0]]
     while True:
-        cur = path[-1].cert
+        cur = path[-1]
         parent = None
         for f in facts:
-            if f not in path and f.cert.subject_der == cur.issuer_der:
+            if f not in path and f.subject_der == cur.issuer_der:
                 parent = f
                 break
         if parent is None:
@@ -150,7 +144,7 @@ def chain_fault(facts, host):
     for i in range(1, len(path)):
         p = path[i]
         child = "the certificate at depth %d" % (i - 1) if i > 1 else "the leaf"
-        if not p.cert.is_ca:
+        if not p.is_ca:
             return _err("certificate at depth %d '%s' may not issue certificates (basicConstraints: "
                         "not a CA) but issued %s" % (i, p.name, child), host, i)
         if p.key_cert_sign is False:
@@ -158,10 +152,10 @@ def chain_fault(facts, host):
                         "keyCertSign) but issued %s" % (i, p.name, child), host, i)
         # CA certificates between it and the leaf; self-issued ones below the child do not count
         # (RFC 5280 6.1.4, as mbedTLS counts them).
-        below = i - 1 - sum(1 for k in range(1, i - 1) if path[k].cert.self_issued)
-        if p.cert.path_length is not None and below > p.cert.path_length:
+        below = i - 1 - sum(1 for k in range(1, i - 1) if path[k].self_issued)
+        if p.path_length is not None and below > p.path_length:
             return _err("path length exceeded at depth %d: '%s' allows %d CA certificate(s) below it "
-                        "(pathLen), the chain has %d" % (i, p.name, p.cert.path_length, below), host, i)
+                        "(pathLen), the chain has %d" % (i, p.name, p.path_length, below), host, i)
     leaf = path[0]
     if leaf.eku is not None and _SERVER_AUTH not in leaf.eku and _ANY_EKU not in leaf.eku:
         return _err("not valid for server authentication (EKU): the leaf '%s' is for %s" % (
@@ -174,7 +168,7 @@ def recorded(hs):
     out = []
     for _, raw in sorted(hs.chain):
         try:
-            out.append(Facts(Certificate(raw)))
+            out.append(Facts(raw))
         except ValueError:
             pass
     return out
@@ -185,7 +179,7 @@ def bad_signature(facts, anchors, host):
     not verify (a link into the anchor is checked while searching: a bad one is not linked at
     all). facts: the recorded chain, leaf first."""
     n = len(facts)
-    if n < 3 or facts[-1].cert.der not in anchors:
+    if n < 3 or facts[-1].der not in anchors:
         return None
     if n == 3:
         return TLSError("bad_certificate", "bad signature on the certificate at depth 0 '%s': it does "

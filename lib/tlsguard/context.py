@@ -127,7 +127,9 @@ class SecureContext:
 
     def _new_tls(self, anchors):
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-        ctx.set_ciphers(offered(ctx, self.ciphers))
+        # Forward secrecy by default: a static-RSA session is readable by whoever later gets the
+        # server key.
+        ctx.set_ciphers(self.ciphers or [c for c in ctx.get_ciphers() if c.startswith("TLS-ECDHE-")])
         if self.mode == "verify":
             ctx.verify_mode = tls.CERT_REQUIRED
             if not anchors and self._policy is not None:
@@ -162,14 +164,12 @@ class SecureContext:
             return ps
         return None
 
-    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None):
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None,
+                    _reopen=None):
+        """_reopen (connect() gives it): opens a new TCP connection to the same server, so that a
+        failure can be diagnosed from the chain the server presents."""
         if server_side:
             raise ValueError("SecureContext is client-side only")
-        return self._wrap(sock, do_handshake_on_connect, server_hostname)
-
-    def _wrap(self, sock, do_handshake_on_connect, server_hostname, reopen=None):
-        """reopen: opens a new TCP connection to the same server (connect() has one), so that a
-        failure can be diagnosed from the chain the server presents."""
         if self.clock:
             try:
                 self.clock.before_handshake()
@@ -187,8 +187,8 @@ class SecureContext:
         anchors, learned = self._anchors_for(server_hostname)
         hs = Handshake(server_hostname, pinset, self.identity is not None, anchors, learned,
                         self.mode == "pin_only")
-        if reopen is not None:
-            hs.refetch = lambda: self._refetch(reopen, server_hostname)
+        if _reopen is not None:
+            hs.refetch = (_reopen, self.ciphers)
         ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
         self.handshakes += 1
@@ -214,10 +214,6 @@ class SecureContext:
             self.store.handshake_failed()
         return err
 
-    def _refetch(self, reopen, host):
-        from tlsguard import peerchain
-        return peerchain.fetch(reopen, host, self.ciphers)
-
     def _diagnose(self, exc, hs):
         floor = platform.clock_floor(self.trust)
         if self._policy is not None and self.mode == "verify":
@@ -230,12 +226,6 @@ class SecureContext:
         """Called once per successful handshake, with the chain still recorded."""
         if self._policy is not None and self.mode == "verify" and hs.anchors:
             self._policy.verified(hs)
-
-
-def offered(ctx, ciphers):
-    """The suites to offer: `ciphers`, else the forward-secret ones (a static-RSA session is
-    readable by whoever later gets the server key)."""
-    return ciphers or [c for c in ctx.get_ciphers() if c.startswith("TLS-ECDHE-")]
 
 
 def _tcp(host, port, ai, timeout):
@@ -262,8 +252,8 @@ def connect(host, port, context=None, timeout=10):
     def reopen():
         return _tcp(host, port, ai, timeout)
     try:
-        return context._wrap(reopen(), True, host, reopen)
+        return context.wrap_socket(reopen(), server_hostname=host, _reopen=reopen)
     except TLSError as e:
         if not getattr(e, "retry", False):
             raise
-    return context._wrap(reopen(), True, host, reopen)
+    return context.wrap_socket(reopen(), server_hostname=host, _reopen=reopen)

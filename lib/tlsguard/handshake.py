@@ -21,7 +21,7 @@ class Handshake:
         self.pin_ok = pinset is None
         self.chain = []
         self.failure = None
-        self.refetch = None  # connect() sets it: reads the presented chain again, to diagnose
+        self.refetch = None  # (reopen, ciphers) from connect(): to read the chain again on failure
 
     def callback(self, cert, depth):
         # Runs inside mbedTLS: nothing may escape, a non-zero return aborts the handshake.

@@ -4,7 +4,6 @@ parse). Loaded only to diagnose a failure, and only by tlsguard.connect, which c
 import io
 
 from tlsguard import platform
-from tlsguard.context import offered
 
 # A Certificate message past this is hostile or absurd: stop reading.
 _LIMIT = 32768
@@ -90,8 +89,7 @@ def _entries(buf, s, e):
 
 def fetch(open_tcp, host, ciphers=None):
     """(spoke TLS, entries) from a new connection (`open_tcp()` gives the TCP socket) offering
-    the same cipher suites (SecureContext's `ciphers`), so that the server picks the same
-    certificate; (False, None) when it could not be read."""
+    SecureContext's suites (`ciphers`); (False, None) when it could not be read."""
     tls = platform.tls
     try:
         sock = open_tcp()
@@ -100,7 +98,8 @@ def fetch(open_tcp, host, ciphers=None):
     rec = _Recorder(sock)
     try:
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-        ctx.set_ciphers(offered(ctx, ciphers))
+        # The suites SecureContext offers, so that the server picks the same certificate.
+        ctx.set_ciphers(ciphers or [c for c in ctx.get_ciphers() if c.startswith("TLS-ECDHE-")])
         ctx.verify_mode = tls.CERT_NONE  # we only look: the handshake stops at the Certificate
         ctx.wrap_socket(rec, server_hostname=host).close()
     except Exception:  # noqa: BLE001 - expected: the recorder ends the stream mid-handshake

@@ -22,10 +22,7 @@ def days_from_civil(y, m, d):
     return era * 146097 + doe - 719468
 
 
-def _month_days(y, m):
-    if m == 2:
-        return 29 if y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else 28
-    return 30 if m in (4, 6, 9, 11) else 31
+_MONTH_DAYS = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"
 
 
 def _digits(buf, start, n):
@@ -53,7 +50,8 @@ def _time(buf, pos, end):
     if buf[e - 1] != 0x5A:
         raise ValueError("X.509: validity time not in UTC at offset %d" % pos)
     mo, d, h, mi, sec = (_digits(buf, s + 2 * i, 2) for i in range(5))
-    if not (1 <= mo <= 12 and 1 <= d <= _month_days(y, mo) and h < 24 and mi < 60 and sec < 60):
+    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo - 1] + leap and h < 24 and mi < 60 and sec < 60):
         raise ValueError("X.509: validity time out of range at offset %d" % pos)
     return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec, e
 
@@ -158,27 +156,6 @@ def _ip(raw, pos):
     raise ValueError("X.509: IP address of %d bytes in SAN at offset %d" % (len(raw), pos))
 
 
-def extensions(buf, s, e):
-    """(extension id DER bytes, critical, value start, value stop) of each extension in the
-    [3] field's value buf[s:e]."""
-    ls, le = der.expect(buf, s, e, 0x30, "extensions")
-    if le != e:
-        raise ValueError("X.509: trailing bytes after extensions at offset %d" % le)
-    for tag, xs, xe in der.items(buf, ls, le):
-        if tag != 0x30:
-            raise ValueError("X.509: bad extension at offset %d" % xs)
-        os_, oe = der.expect(buf, xs, xe, 0x06, "extension id")
-        t, vs, ve = der.item(buf, oe, xe)
-        critical = t == 0x01
-        if critical:  # DER encodes only TRUE, as 0xFF
-            if ve - vs != 1 or buf[vs] != 0xFF:
-                raise ValueError("X.509: bad critical flag at offset %d" % vs)
-            t, vs, ve = der.item(buf, ve, xe)
-        if t != 0x04 or ve != xe:
-            raise ValueError("X.509: bad extension value at offset %d" % xs)
-        yield bytes(buf[os_:oe]), critical, vs, ve
-
-
 def subject_spki(data):
     """(subject DN, SubjectPublicKeyInfo) of a certificate as memoryviews into `data`, reached by
     skipping the fields before them: what pin checks and anchor references need during a
@@ -265,16 +242,36 @@ class Certificate:
         return der.item(self.der, span[0], span[1])[1] - span[0]
 
     def _extensions(self, s, e):
+        buf = self.der
+        ls, le = der.expect(buf, s, e, 0x30, "extensions")
+        if le != e:
+            raise ValueError("X.509: trailing bytes after extensions at offset %d" % le)
         seen = []
-        for ext_id, _, vs, ve in extensions(self.der, s, e):
+        for tag, xs, xe in der.items(buf, ls, le):
+            if tag != 0x30:
+                raise ValueError("X.509: bad extension at offset %d" % xs)
+            os_, oe = der.expect(buf, xs, xe, 0x06, "extension id")
+            t, vs, ve = der.item(buf, oe, xe)
+            critical = t == 0x01
+            if critical:  # DER encodes only TRUE, as 0xFF
+                if ve - vs != 1 or buf[vs] != 0xFF:
+                    raise ValueError("X.509: bad critical flag at offset %d" % vs)
+                t, vs, ve = der.item(buf, ve, xe)
+            if t != 0x04 or ve != xe:
+                raise ValueError("X.509: bad extension value at offset %d" % xs)
+            ext_id = buf[os_:oe]
             # RFC 5280 4.2: at most one instance of an extension (mbedTLS refuses repeats too).
             if ext_id in seen:
-                raise ValueError("X.509: extension %s repeated at offset %d" % (der.oid(ext_id, 0, len(ext_id)), vs))
+                raise ValueError("X.509: extension %s repeated at offset %d" % (der.oid(buf, os_, oe), xs))
             seen.append(ext_id)
-            if ext_id == _SAN:
-                self._san(vs, ve)
-            elif ext_id == _BASIC:
-                self._basic(vs, ve)
+            self._extension(ext_id, critical, vs, ve)
+
+    def _extension(self, ext_id, critical, vs, ve):
+        """One extension (id DER, critical, value span); subclasses read more of them."""
+        if ext_id == _SAN:
+            self._san(vs, ve)
+        elif ext_id == _BASIC:
+            self._basic(vs, ve)
 
     def _san(self, s, e):
         buf = self.der
