@@ -267,3 +267,24 @@ def test_without_a_second_look_a_skipped_leaf_is_flagged(mpy, serve, root, inter
     got = device(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))" % (srv.port, pyrepr(root.der)))
     assert got[0] == "hostname_mismatch", got
     assert "certificate at depth 0 is a CA" in got[2] and "signature algorithm" in got[2]
+
+
+def test_more_faults_than_mbedtls_can_report(mpy, serve, root):
+    """Five verify flags overflow MicroPython's 256-byte report and mbedTLS raises a bare
+    X509_CERT_VERIFY_FAILED: still diagnosed from the chain (untrusted, as with fewer flags),
+    not "could not be parsed"."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    stranger = pki.CA("stranger")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # flags BAD_KEY
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "other.example")]))
+            .issuer_name(stranger.cert.subject).public_key(key.public_key()).serial_number(7)
+            .not_valid_before(pki.NOW - 40 * pki.DAY).not_valid_after(pki.NOW - pki.DAY)  # EXPIRED
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("other.example")]), critical=False)
+            .sign(stranger.key, hashes.SHA256()))  # plus CN_MISMATCH, NOT_TRUSTED, EXT_KEY_USAGE
+    srv = serve(pki.Issued(cert, key), ciphers="DEFAULT:@SECLEVEL=0")
+    got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
+    assert got == ["untrusted_root", 0, "no trusted root for issuer 'CN=stranger,O=tlsguard tests' (the server "
+                   "sent no intermediate: it may be missing from its chain)"], got

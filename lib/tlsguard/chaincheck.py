@@ -90,8 +90,9 @@ def _where(depth, f):
     return ("the leaf '%s'" if depth == 0 else "the certificate at depth %d '%%s'" % depth) % f.name
 
 
-def presented_fault(raws, host):
-    """The fault in a certificate list as the server sent it (raw entries, leaf first), or None."""
+def presented_fault(raws, host, usage=True):
+    """The fault in a certificate list as the server sent it (raw entries, leaf first), or None.
+    usage: the leaf's EKU counts too (not when explaining why the chain is not trusted)."""
     if not raws:
         return _err("malformed certificate from the server: its Certificate message holds no "
                     "readable certificate", host, None)
@@ -118,7 +119,7 @@ def presented_fault(raws, host):
             if oid not in _CRITICAL:
                 return _err("critical extension %s on %s is not supported by this build"
                             % (_oid_name(oid), where), host, depth)
-    return chain_fault(facts, host)
+    return chain_fault(facts, host, usage)
 
 
 def _path(facts):
@@ -136,8 +137,9 @@ def _path(facts):
         path.append(parent)
 
 
-def chain_fault(facts, host):
-    """Issuer rules (CA flag, keyCertSign, pathLen) along the chain and the leaf's EKU, or None."""
+def chain_fault(facts, host, usage=True):
+    """Issuer rules (CA flag, keyCertSign, pathLen) along the chain and, with `usage`, the leaf's
+    EKU; or None."""
     if not facts:
         return None
     path = _path(facts)
@@ -157,7 +159,7 @@ def chain_fault(facts, host):
             return _err("path length exceeded at depth %d: '%s' allows %d CA certificate(s) below it "
                         "(pathLen), the chain has %d" % (i, p.name, p.path_length, below), host, i)
     leaf = path[0]
-    if leaf.eku is not None and _SERVER_AUTH not in leaf.eku and _ANY_EKU not in leaf.eku:
+    if usage and leaf.eku is not None and _SERVER_AUTH not in leaf.eku and _ANY_EKU not in leaf.eku:
         return _err("not valid for server authentication (EKU): the leaf '%s' is for %s" % (
             leaf.name, ", ".join(_OID_NAMES.get(o, o) for o in leaf.eku) or "nothing"), host, 0)
     return None

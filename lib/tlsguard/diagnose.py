@@ -121,9 +121,9 @@ _SKIPPED = (" (the certificate at depth 0 is a CA: mbedTLS skips a server certif
             "algorithm it does not know, and a CA stood in)")
 
 
-def _presented(hs, host):
+def _presented(hs, host, usage=False):
     """A fault in the certificates the server presents (read again when the connection can be
-    reopened, else the chain mbedTLS built), or None."""
+    reopened, else the chain mbedTLS built), or None. usage: see chaincheck.presented_fault."""
     raws = None
     if hs.refetch is not None:
         from tlsguard import peerchain
@@ -135,7 +135,7 @@ def _presented(hs, host):
         if not hs.chain:
             return None
         raws = [raw for _, raw in sorted(hs.chain)]
-    return chaincheck.presented_fault(raws, host)
+    return chaincheck.presented_fault(raws, host, usage)
 
 
 def _not_trusted(hs, host, certs, anchors, note, explain):
@@ -171,12 +171,14 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
     now = platform.now()
     code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
     if code == _VERIFY_FAILED:
-        for c in certs:
-            if c[1].not_valid_after < now or c[1].not_valid_before > now:
-                exc = ValueError("validity has expired; validity starts in the future")
-                break
-        else:
-            exc = ValueError("not correctly signed by the trusted CA")
+        # Too many flags for the report: the dates are checked here, the rest as "not trusted".
+        text = "not correctly signed by the trusted CA"
+        for _, c in certs:
+            if c.not_valid_after < now:
+                text += "; validity has expired"
+            if c.not_valid_before > now:
+                text += "; validity starts in the future"
+        exc = ValueError(text)
     if isinstance(exc, ValueError):
         text = str(exc)
         if now < floor and ("future" in text or "expired" in text):
@@ -223,7 +225,7 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
                 # The chain was built: what mbedTLS refused is its use (keyUsage, EKU).
                 err = chaincheck.chain_fault(chaincheck.recorded(hs), host)
             else:
-                err = _presented(hs, host)
+                err = _presented(hs, host, True)
             if err is not None:
                 return err
         if code in _BY_CODE:
