@@ -32,21 +32,12 @@ class PyTLSServer:
         self.handshakes = 0
         self.errors = []
         self.client_certs = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=_accept_loop, args=(self.sock, self._handle), daemon=True)
         self._thread.start()
 
     def reload(self, certfile, keyfile):
         """Serve another chain from the next connection on (a server changing its certificate)."""
         self.ctx.load_cert_chain(certfile, keyfile)
-
-    def _serve(self):
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn):
         conn.settimeout(10)
@@ -69,8 +60,17 @@ class PyTLSServer:
             conn.close()
 
     def close(self):
-        self._stop = True
         self.sock.close()
+
+
+def _accept_loop(sock, handle):
+    """Hand each connection to `handle` in a thread of its own, until `sock` is closed."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
 class RawTLSServer:
@@ -86,16 +86,7 @@ class RawTLSServer:
         self.sock.listen(8)
         self.port = self.sock.getsockname()[1]
         self.hellos = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        threading.Thread(target=_accept_loop, args=(self.sock, self._handle), daemon=True).start()
 
     def _handle(self, conn):
         conn.settimeout(10)
