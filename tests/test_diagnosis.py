@@ -288,3 +288,21 @@ def test_more_faults_than_mbedtls_can_report(mpy, serve, root):
     got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
     assert got == ["untrusted_root", 0, "no trusted root for issuer 'CN=stranger,O=tlsguard tests' (the server "
                    "sent no intermediate: it may be missing from its chain)"], got
+
+
+def test_first_contact_through_asyncio_reports_expiry_at_once(mpy, serve, inter, trust):
+    srv = serve(inter.issue(not_before=pki.NOW - 40 * pki.DAY, not_after=pki.NOW - pki.DAY))
+    got = device(mpy, """
+import asyncio
+ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r))
+async def main():
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", %d, ssl=ctx, server_hostname="localhost")
+        w.write(b"ping\\n")
+        await w.drain()
+        return "connected"
+    except tlsguard.TLSError as e:
+        return [e.kind, e.depth, getattr(e, "retry", False)]
+emit(asyncio.run(main()))
+""" % (trust, srv.port))
+    assert got == ["expired", 0, False]
