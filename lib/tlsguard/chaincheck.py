@@ -3,6 +3,7 @@
 algorithm is skipped): issuer rules, path length, extended key usage, algorithms and critical
 extensions this build lacks, malformed entries. Loaded only after a failed handshake."""
 from tlsguard import der
+from tlsguard.diagnose import printable
 from tlsguard.errors import TLSError
 from tlsguard.x509 import Certificate
 
@@ -26,14 +27,6 @@ _OID_NAMES = {
     "1.3.6.1.5.5.7.3.4": "emailProtection", "1.3.6.1.5.5.7.3.8": "timeStamping", "1.3.6.1.5.5.7.3.9": "OCSPSigning",
     "2.5.29.30": "nameConstraints", "2.5.29.36": "policyConstraints", "2.5.29.54": "inhibitAnyPolicy",
 }
-
-
-def printable(text):
-    """Certificate text made safe for a log line: control characters as \\xNN."""
-    out = ""
-    for ch in text:
-        out += "\\x%02x" % ord(ch) if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
-    return out
 
 
 def _oid_name(oid):

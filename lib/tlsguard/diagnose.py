@@ -1,7 +1,6 @@
 """Turns what mbedTLS raised, plus what the verify callback saw, into a TLSError with a kind,
 the certificate depth at fault and a hint."""
-from tlsguard import chaincheck, platform
-from tlsguard.chaincheck import printable
+from tlsguard import platform
 from tlsguard.errors import TLSError
 from tlsguard.x509 import Certificate
 
@@ -38,6 +37,14 @@ _FLAGS = (
 # message it could not decode: the certificates themselves say what is wrong.
 _PARSE = (-0x7300, -0x7A00)
 _VERIFY_FAILED = -0x2700  # the flags did not fit MicroPython's 256-byte report
+
+
+def printable(text):
+    """Certificate text made safe for a log line: control characters as \\xNN."""
+    out = ""
+    for ch in text:
+        out += "\\x%02x" % ord(ch) if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+    return out
 
 
 def _certs(hs):
@@ -135,10 +142,12 @@ def _presented(hs, host, usage=False):
         if not hs.chain:
             return None
         raws = [raw for _, raw in sorted(hs.chain)]
+    from tlsguard import chaincheck
     return chaincheck.presented_fault(raws, host, usage)
 
 
 def _not_trusted(hs, host, certs, anchors, note, explain):
+    from tlsguard import chaincheck
     facts = chaincheck.recorded(hs)
     err = chaincheck.bad_signature(facts, anchors, host) if anchors else None
     if err is None and explain and certs and not certs[0][1].self_issued:
@@ -148,6 +157,7 @@ def _not_trusted(hs, host, certs, anchors, note, explain):
 
 
 def _usage(hs, host, text):
+    from tlsguard import chaincheck
     facts = chaincheck.recorded(hs)
     return chaincheck.chain_fault(facts, host) or TLSError("bad_certificate", text, host)
 
@@ -223,6 +233,7 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
         if parse and hs is not None:
             if code == -0x7A00 and certs and not _leaf_is_ca(certs):
                 # The chain was built: what mbedTLS refused is its use (keyUsage, EKU).
+                from tlsguard import chaincheck
                 err = chaincheck.chain_fault(chaincheck.recorded(hs), host)
             else:
                 err = _presented(hs, host, True)

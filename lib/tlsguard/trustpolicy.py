@@ -91,7 +91,7 @@ class TrustPolicy:
         if len(self.pending) >= _PENDING_HOSTS:
             self.pending.pop(next(iter(self.pending)))
         self.pending[host] = found
-        from tlsguard.chaincheck import printable
+        from tlsguard.diagnose import printable
         names = ", ".join("'%s'" % printable(Certificate(der).subject) for der in found)
         err = TLSError("untrusted_root", "anchor not loaded yet (first contact, or the server changed CA): "
                        "found %s in the trust store; the next connection will verify with it" % names,
