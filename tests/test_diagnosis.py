@@ -306,3 +306,44 @@ async def main():
 emit(asyncio.run(main()))
 """ % (trust, srv.port))
     assert got == ["expired", 0, False]
+
+
+def test_second_look_is_bounded_in_time(mpy, root, inter):
+    """A server that trickles its Certificate message out cannot hold a diagnosis: the second
+    look stops after its time budget, with nothing to add."""
+    import socket
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        try:
+            c, _ = lsock.accept()
+        except OSError:
+            return
+        with c:
+            c.recv(4096)
+            for byte in b"\x16\x03\x03\x40\x00\x0b" + b"\x00" * 64:
+                if stop.wait(0.2):
+                    return
+                try:
+                    c.sendall(bytes([byte]))
+                except OSError:
+                    return
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        got = device(mpy, """
+from tlsguard import peerchain
+def tcp():
+    s = socket.socket()
+    s.settimeout(5)
+    s.connect(socket.getaddrinfo("127.0.0.1", %d)[0][-1])
+    return s
+emit(list(peerchain.fetch(tcp, "localhost", budget_ms=1000)))
+""" % lsock.getsockname()[1])
+    finally:
+        stop.set()
+        lsock.close()
+    assert got == [True, None]

@@ -2,11 +2,14 @@
 keeps only the chain it could build and drops the rest (certificates it skipped or could not
 parse). Loaded only to diagnose a failure, and only by tlsguard.connect, which can reconnect."""
 import io
+import time
 
 from tlsguard import platform
 
-# A Certificate message past this is hostile or absurd: stop reading.
+# A Certificate message past this is hostile or absurd, and a server that trickles it out slower
+# than this holds the caller for nothing: stop reading.
 _LIMIT = 32768
+BUDGET_MS = 10000
 
 
 class _Recorder(io.IOBase):
@@ -14,12 +17,15 @@ class _Recorder(io.IOBase):
     message is complete; then it reports end of stream, which ends the handshake there (nothing
     is sent after our ClientHello)."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, budget_ms):
         self.sock = sock
         self.got = bytearray()
         self.result = None  # (spoke TLS, [raw certificate entries] or None) once known
+        self.deadline = time.ticks_add(time.ticks_ms(), budget_ms)
 
     def readinto(self, buf):
+        if self.result is None and time.ticks_diff(self.deadline, time.ticks_ms()) <= 0:
+            self.result = (bool(self.got), None)
         if self.result is not None:
             return 0
         n = self.sock.readinto(buf)
@@ -87,15 +93,16 @@ def _entries(buf, s, e):
     return out
 
 
-def fetch(open_tcp, host, ciphers=None):
+def fetch(open_tcp, host, ciphers=None, budget_ms=BUDGET_MS):
     """(spoke TLS, entries) from a new connection (`open_tcp()` gives the TCP socket) offering
-    SecureContext's suites (`ciphers`); (False, None) when it could not be read."""
+    SecureContext's suites (`ciphers`); (False, None) when it could not be read. Reading stops
+    after `budget_ms` (each read also keeps the socket's own timeout)."""
     tls = platform.tls
     try:
         sock = open_tcp()
     except Exception:  # noqa: BLE001 - a diagnosis must not fail: there is simply nothing to add
         return False, None
-    rec = _Recorder(sock)
+    rec = _Recorder(sock, budget_ms)
     try:
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
         # The suites SecureContext offers, so that the server picks the same certificate.
