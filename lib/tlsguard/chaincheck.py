@@ -138,6 +138,8 @@ def chain_fault(facts, host, usage=True):
     path = _path(facts)
     for i in range(1, len(path)):
         p = path[i]
+        if p.version < 3 and i == len(path) - 1:
+            break  # a v1/v2 root has no extensions: mbedTLS trusts it as an anchor without them
         child = "the certificate at depth %d" % (i - 1) if i > 1 else "the leaf"
         if not p.is_ca:
             return _err("certificate at depth %d '%s' may not issue certificates (basicConstraints: "
