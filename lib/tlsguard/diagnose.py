@@ -147,9 +147,11 @@ def _presented(hs, host, usage=False):
 
 
 def _not_trusted(hs, host, certs, anchors, note, explain):
-    from tlsguard import chaincheck
-    facts = chaincheck.recorded(hs)
-    err = chaincheck.bad_signature(facts, anchors, host) if anchors else None
+    err = None
+    if len(hs.chain) > 2 and hs.top() in anchors:
+        # The chain reached an anchor and still failed: a signature below it (chaincheck).
+        from tlsguard import chaincheck
+        err = chaincheck.bad_signature(chaincheck.recorded(hs), anchors, host)
     if err is None and explain and certs and not certs[0][1].self_issued:
         # The chain stops below a root: mbedTLS may have refused a certificate the server sent.
         err = _presented(hs, host)
