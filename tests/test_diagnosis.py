@@ -347,3 +347,13 @@ emit(list(peerchain.fetch(tcp, "localhost", budget_ms=1000)))
         stop.set()
         lsock.close()
     assert got == [True, None]
+
+
+@pytest.mark.parametrize("row", ["pathlen", "not_ca", "bad_signature", "sha3_leaf"])
+def test_trust_store_path_names_the_same_cause(row, mpy, serve, root, inter, trust):
+    """Through the trust bundle (discovery, then the verifying handshake) the cause is the same
+    as with cadata, not "not in the trust bundle"."""
+    build, kind, depth, message = TLS_ROWS[row]
+    srv = serve(build(root, inter), ciphers="DEFAULT:@SECLEVEL=0" if row == "sha3_leaf" else None)
+    got = device(mpy, "emit(connect(%d, trust=tlsguard.TrustStore(%r)))" % (srv.port, trust))
+    assert got[:2] == [kind, depth] and got[2].startswith(message), got
