@@ -95,11 +95,18 @@ class RawTLSServer:
             if hello is None or hello[0] != 1:
                 return
             self.hellos += 1
-            # ClientHello: version, random, session id, then the offered suites; take the first.
+            # ClientHello: version, random, session id, then the offered suites; take the first
+            # TLS 1.2 one (not TLS 1.3's 0x13xx, not the renegotiation SCSV 0x00ff).
             sid = hello[4 + 34]
-            suites = 4 + 35 + sid + 2
-            suite = hello[suites:suites + 2]
-            server_hello = _handshake(2, b"\x03\x03" + os.urandom(32) + b"\x00" + suite + b"\x00")
+            start = 4 + 35 + sid
+            n = int.from_bytes(hello[start:start + 2], "big")
+            offered = [hello[i:i + 2] for i in range(start + 2, start + 2 + n, 2)]
+            suite = next((x for x in offered if x[0] != 0x13 and x != b"\x00\xff"), None)
+            if suite is None:
+                return
+            # With an empty renegotiation_info (RFC 5746), which OpenSSL clients insist on.
+            server_hello = _handshake(2, b"\x03\x03" + os.urandom(32) + b"\x00" + suite + b"\x00"
+                                      + b"\x00\x05\xff\x01\x00\x01\x00")
             flight = server_hello + self.certificate + _handshake(14, b"")
             conn.sendall(b"\x16\x03\x03" + len(flight).to_bytes(2, "big") + flight)
             while conn.recv(4096):

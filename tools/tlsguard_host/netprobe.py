@@ -90,7 +90,8 @@ def fetch_chain(host, port, timeout=10):
         ders = raw_certificates(host, port, timeout)
         if ders is None:
             raise CLIError("TLS handshake with %s:%d failed: %s" % (host, port, e.reason or e))
-        return Presented(ders, "TLSv1.2", "(read raw: OpenSSL refused the certificates: %s)" % (e.reason or e))
+        return Presented(ders, "TLSv1.2", "(certificates read raw; OpenSSL's handshake failed: %s)"
+                         % (e.reason or e))
     except (ConnectionError, socket.timeout) as e:
         raise CLIError("%s:%d closed the connection during the handshake (%s); is it a TLS port?"
                        % (host, port, e))
