@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench mpy flash image clean
+.PHONY: setup demo test test-stress test-random bench mpy flash image clean
 
 setup:
 	@bash tools/setup.sh
@@ -10,8 +10,18 @@ setup:
 demo: setup
 	$(PY) tools/demo.py
 
+# JOBS=1 runs the suite in one process; TEST_ARGS passes pytest options (e.g. TEST_ARGS="-k store").
+JOBS ?= 2
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:randomly -n $(JOBS) $(TEST_ARGS) tests
+
+# The suite with the CPU saturated by stress-ng, then the timing-sensitive tests RUNS (5) more times.
+test-stress: setup
+	bash tools/stress.sh -n $(JOBS) $(TEST_ARGS)
+
+# The suite in a random order (pytest-randomly prints the seed; TEST_ARGS=--randomly-seed=N replays it).
+test-random: setup
+	$(PY) -m pytest -n $(JOBS) $(TEST_ARGS) tests
 
 bench: setup
 	$(PY) tools/bench.py

@@ -59,37 +59,42 @@ class Mosquitto:
     def __init__(self, workdir, server_issued, client_cafile):
         self.dir = os.path.join(str(workdir), "mosquitto")
         os.makedirs(self.dir, exist_ok=True)
-        crt, key = server_issued.write(self.dir, "broker")
-        self.port = servers._free_port()
+        self.files = server_issued.write(self.dir, "broker") + (client_cafile,)
         self.logfile = os.path.join(self.dir, "mosquitto.log")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
+        self.proc = None
+        # mosquitto cannot bind port 0: a port taken between choosing it and binding it is
+        # seen in mosquitto's own output, and another port is tried.
+        for _ in range(5):
+            self.port = servers._free_port()
+            if self.start():
+                return
+        raise RuntimeError("mosquitto found no free port: %s" % self.log())
+
+    def start(self):
+        """Start on self.port; False if another process holds that port."""
+        crt, key, client_cafile = self.files
         with open(self.conf, "w") as f:
             f.write("per_listener_settings false\nallow_anonymous false\npersistence false\n"
                     "user %s\nlog_dest file %s\nlog_type all\nconnection_messages true\n"
                     "listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\ncafile %s\n"
                     "require_certificate true\nuse_identity_as_username true\ntls_version tlsv1.2\n"
                     % (getpass.getuser(), self.logfile, self.port, crt, key, client_cafile))
-        self.proc = None
-        self.start()
-
-    def start(self):
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        started = len(self.log())
         self.proc = subprocess.Popen([exe, "-c", self.conf], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while "mosquitto version" not in self.log() or not self._listening():
+        # "Opening ... listen socket" comes before the bind; "running" once every listener is open.
+        deadline = time.time() + 30
+        while not re.search(r"mosquitto version \S+ running", self.log()[started:]):
             if self.proc.poll() is not None or time.time() > deadline:
                 out = self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
                 self.stop()
+                if "Address already in use" in out + self.log()[started:]:
+                    return False
                 raise RuntimeError("mosquitto did not start: %s %s" % (out, self.log()))
             time.sleep(0.05)
-
-    def _listening(self):
-        try:
-            socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            return True
-        except OSError:
-            return False
+        return True
 
     def stop(self):
         if self.proc is not None:
@@ -100,7 +105,8 @@ class Mosquitto:
 
     def restart(self):
         self.stop()
-        self.start()
+        if not self.start():
+            raise RuntimeError("mosquitto's port %d was taken while it was down" % self.port)
 
     def log(self):
         try:

@@ -8,6 +8,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sysconfig
 import threading
 import time
 
@@ -24,15 +25,18 @@ def ntp_stamp(t):
     return struct.pack(">II", secs, frac)
 
 
-def faketime_lib():
-    """Path of libfaketime.so.1, asked from dpkg rather than assumed."""
-    for pkg in ("libfaketime", "faketime"):
+def faketime_lib(multiarch=None):
+    """Path of libfaketime.so.1 for `multiarch` (default: this machine's, e.g. x86_64-linux-gnu;
+    a 32-bit micropython needs i386-linux-gnu), asked from dpkg rather than assumed."""
+    multiarch = multiarch or sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    want = "/%s/faketime/libfaketime.so.1" % multiarch
+    for pkg in ("libfaketime", "libfaketime:%s" % multiarch.split("-")[0].replace("x86_64", "amd64")):
         r = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True)
         for line in r.stdout.splitlines():
-            if line.endswith("/libfaketime.so.1"):
+            if line.endswith(want):
                 return line
-    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
-    assert found, "libfaketime not installed (tools/setup.sh installs Debian 'faketime')"
+    found = glob.glob("/usr/lib/*%s" % want)
+    assert found, "libfaketime for %s not installed (tools/setup.sh installs Debian 'faketime')" % multiarch
     return found[0]
 
 
@@ -77,28 +81,52 @@ def _unstamp(b):
 
 
 class Chrony:
-    """chronyd serving the host clock on 127.0.0.1:<port>, stratum 8; -x: never sets the clock."""
+    """chronyd serving the host clock on 127.0.0.1:<port>, stratum 8; -x: never sets the clock.
+    Everything it owns is its own: NTP port (a free one, checked in its log that it got it), no
+    command port (cmdport 0), no Unix command socket (bindcmdaddress /: the default path is the
+    system chronyd's), pid and drift files in its folder. So it runs beside a system chronyd and
+    touches nothing of it."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, attempts=5):
         self.dir = os.path.join(str(workdir), "chrony")
         os.makedirs(self.dir, exist_ok=True)
-        self.port = free_udp_port()
+        for _ in range(attempts):
+            if self._start(free_udp_port()):
+                return
+        raise RuntimeError("chronyd found no free port in %d tries" % attempts)
+
+    def _start(self, port):
+        """True once chronyd answers on `port`; False if another process took the port first."""
+        self.port = port
         conf = os.path.join(self.dir, "chrony.conf")
         with open(conf, "w") as f:
             f.write("port %d\nbindaddress 127.0.0.1\nlocal stratum 8\nallow 127.0.0.1\ncmdport 0\n"
-                    "pidfile %s/chronyd.pid\ndriftfile %s/drift\nuser root\n" % (self.port, self.dir, self.dir))
+                    "bindcmdaddress /\npidfile %s/chronyd.pid\ndriftfile %s/drift\nuser root\n"
+                    % (port, self.dir, self.dir))
         exe = shutil.which("chronyd") or "/usr/sbin/chronyd"
-        self.log = open(os.path.join(self.dir, "log"), "w")
+        logname = os.path.join(self.dir, "log")
+        self.log = open(logname, "w")
         self.proc = subprocess.Popen([exe, "-x", "-d", "-f", conf], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
+        deadline = time.time() + 30
         while True:
-            try:
-                query(self.port, 0.2)
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    self.close()
-                    raise RuntimeError("chronyd did not answer: %s" % open(self.log.name).read())
+            with open(logname) as f:
+                text = f.read()
+            # chronyd logs a failed bind and runs on without an NTP socket; what answers then is
+            # somebody else's server.
+            if "Could not open NTP socket" in text:
+                self.close()
+                return False
+            # The privileges line comes after the NTP socket is opened.
+            if "Running with root privileges" in text:
+                try:
+                    query(self.port, 0.5)
+                    return True
+                except OSError:
+                    pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.close()
+                raise RuntimeError("chronyd did not answer: %s" % text)
+            time.sleep(0.05)
 
     def close(self):
         stop_process(self.proc)
@@ -138,13 +166,18 @@ BEHAVIOURS = {
     "past": lambda req, now: reply(req, now - 30 * 365 * 86400),
     "future": lambda req, now: reply(req, now + 60 * 365 * 86400),
     "other_port": lambda req, now: reply(req, now),
+    "silent": None,
+    "stale": None,
 }
 
 
 class HostileNTP:
     """UDP server answering each request per `behaviour` (a BEHAVIOURS key). `delay` seconds before
     replying, `drop` fraction of requests left unanswered (seeded), `shift` seconds added to the
-    host clock it reports. "other_port" replies from a second socket."""
+    host clock it reports. "other_port" replies from a second socket. "silent" never answers;
+    "stale" answers each request with the reply to the one before it (the first gets nothing),
+    so every retry meets a late reply on cue rather than by a timer's luck. `arrivals` holds the
+    host time at which each request came in."""
 
     def __init__(self, behaviour, delay=0.0, drop=0.0, shift=0.0, seed=1):
         self.behaviour = behaviour
@@ -154,6 +187,7 @@ class HostileNTP:
         self.shift = shift
         self.rng = random.Random(seed)
         self.requests = []
+        self.arrivals = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -170,8 +204,13 @@ class HostileNTP:
                 req, addr = self.sock.recvfrom(512)
             except OSError:
                 return
+            self.arrivals.append(time.time())
             self.requests.append(req)
-            if self.drop and self.rng.random() < self.drop:
+            if self.behaviour == "stale":
+                if len(self.requests) > 1:
+                    self.sock.sendto(reply(self.requests[-2], time.time() + self.shift), addr)
+                continue
+            if self.behaviour == "silent" or (self.drop and self.rng.random() < self.drop):
                 continue
             if self.delay:
                 threading.Timer(self.delay, self._answer, (req, addr, time.time() + self.shift)).start()
@@ -188,6 +227,37 @@ class HostileNTP:
         self.sock.close()
         if self.other:
             self.other.close()
+
+
+class TimeEcho:
+    """Answers each datagram with the host time (microseconds since 1970, ASCII). A device that
+    stamps its clock before sending (t1) and after the answer (t3) learns that its clock minus the
+    host's lies in [t1 - h, t3 - h], however long the scheduler took: load widens the interval but
+    cannot bias it."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                _, addr = self.sock.recvfrom(64)
+                self.sock.sendto(str(int(time.time() * 1e6)).encode(), addr)
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+
+
+def best_bracket(samples):
+    """The narrowest [low, high] (seconds) of device-minus-host from (t1, h, t3) microsecond triples."""
+    t1, h, t3 = min(samples, key=lambda s: s[2] - s[0])
+    return (t1 - h) / 1e6, (t3 - h) / 1e6
 
 
 class ClockObserver:

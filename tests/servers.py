@@ -1,6 +1,7 @@
 """Real TLS peers for tests, all on 127.0.0.1 with ephemeral ports: a CPython `ssl` server thread
 and `openssl s_server`. Each serves a chosen chain; the protocol is a line echo ("echo:" + line)."""
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -143,12 +144,12 @@ def _read_record(conn):
 
 
 class OpenSSLServer:
-    """`openssl s_server` in a subprocess; with `-rev` it answers each line reversed."""
+    """`openssl s_server` in a subprocess; with `-rev` it answers each line reversed. It binds
+    port 0 and reports the port the OS gave it ("ACCEPT 127.0.0.1:<port>")."""
 
     def __init__(self, certfile, keyfile, chainfile=None, extra=()):
-        port = _free_port()
-        cmd = ["openssl", "s_server", "-accept", "127.0.0.1:%d" % port, "-cert", certfile,
-               "-key", keyfile, "-rev", "-quiet"]
+        cmd = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", certfile,
+               "-key", keyfile, "-rev"]
         if chainfile:
             cmd += ["-cert_chain", chainfile]
         cmd += list(extra)
@@ -156,8 +157,7 @@ class OpenSSLServer:
         # fills up and stalls it.
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        self.port = port
-        _wait_port(port, self.proc, self.log)
+        self.port = _reported_port(self.proc, self.log, re.compile(rb"^ACCEPT 127\.0\.0\.1:(\d+)$", re.M))
 
     def close(self):
         stop_process(self.proc)
@@ -176,6 +176,8 @@ def stop_process(proc):
 
 
 def _free_port():
+    """A port that was free a moment ago, for servers that cannot bind port 0 themselves; callers
+    check their own server's log that it got the port, and start again on another if not."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -183,15 +185,29 @@ def _free_port():
     return port
 
 
-def _wait_port(port, proc, log, timeout=10):
+def _reported_port(proc, log, pattern, timeout=30):
+    """The port a server process says (in its log) it is listening on."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError("server exited: %s" % log.read().decode(errors="replace"))
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server on port %d did not start" % port)
+    while True:
+        log.seek(0)
+        text = log.read()
+        m = pattern.search(text)
+        if m:
+            return int(m.group(1))
+        if proc.poll() is not None or time.time() > deadline:
+            stop_process(proc)
+            raise RuntimeError("server did not start: %s" % text.decode(errors="replace"))
+        time.sleep(0.05)
+
+
+class ClosedPort:
+    """A TCP port on 127.0.0.1 that refuses connections for as long as this holds it (bound, not
+    listening), so no other process can start listening there during a test."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()

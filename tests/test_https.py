@@ -207,6 +207,7 @@ emit({"ok": [ok.status_code, ok.url, ok.json()["ok"]],
     assert r["nocontext"]["error"] == "ValueError" and "never connects unverified" in r["nocontext"]["msg"]
 
 
+@pytest.mark.timing
 def test_timeout_and_short_body(mpy, https_server, root_ca):
     base = "https://localhost:%d" % https_server.port
     r = run(mpy, """
@@ -245,9 +246,12 @@ def test_refused_servers(mpy, serve, root_ca, inter_ca):
         assert r["ok"] is False and r["kind"] == kind, (kind, r)
         assert r["msg"].startswith(kind + " for localhost"), r
         assert r["hint"], r
-    port = servers._free_port()  # nothing listens there
-    r = refused_get(mpy, port, root_ca)
-    assert r["kind"] == "network" and "cannot connect to localhost:%d" % port in r["msg"], r
+    closed = servers.ClosedPort()  # nothing listens there while the test holds it
+    try:
+        r = refused_get(mpy, closed.port, root_ca)
+    finally:
+        closed.close()
+    assert r["kind"] == "network" and "cannot connect to localhost:%d" % closed.port in r["msg"], r
 
 
 def test_micropython_lib_requests_does_not_verify(mpy, tmp_path):

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+import ntp_servers
 import pki
 from conftest import pyrepr
 
@@ -245,14 +246,8 @@ emit(summary(CredentialStore("certs")))
 
 
 def test_stage_refused_while_the_clock_is_unset(mpy, device, root_ca, tmp_path):
-    lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-    if not os.path.exists(lib):
-        pytest.skip("libfaketime (Debian faketime) is not installed")
-    clock = tmp_path / "clock"
-    clock.write_text("@2000-01-01 00:00:00\n")
     r = mpy.run(PRE + "st = CredentialStore('certs'); emit(attempt(st.stage, version=1, identity=%s))"
-                % identity_expr(device), env={"LD_PRELOAD": lib, "FAKETIME_TIMESTAMP_FILE": str(clock),
-                                              "FAKETIME_NO_CACHE": "1"}).value
+                % identity_expr(device), env=ntp_servers.faketime_env(tmp_path)).value
     assert r == {"ok": False, "kind": "clock_unset", "msg": "clock_unset: cannot check client certificate's "
                  "validity: the device clock (2000-01-01) is not set"}
 
