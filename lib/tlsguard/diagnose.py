@@ -124,8 +124,8 @@ def _leaf_is_ca(certs):
     return leaf is not None and leaf.is_ca
 
 
-_SKIPPED = (" (the certificate at depth 0 is a CA: mbedTLS skips a server certificate whose signature "
-            "algorithm it does not know, and a CA stood in)")
+_SKIPPED = (" (the certificate at depth 0 is a CA: if the server sent its own before it, mbedTLS "
+            "skipped that one for a signature algorithm it does not know)")
 
 
 def _presented(hs, host, usage=False):
