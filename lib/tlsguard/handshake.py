@@ -30,6 +30,7 @@ class Handshake:
         self.accepted = False  # the leaf passed every check of ours
         self.chain = []
         self.failure = None
+        self.refetch = None  # (reopen, ciphers) from connect(): to read the chain again on failure
 
     def callback(self, cert, depth):
         # Runs inside mbedTLS: nothing may escape, a non-zero return aborts the handshake.
