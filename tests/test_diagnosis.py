@@ -100,8 +100,8 @@ TLS_ROWS = {
                   "(2.16.840.1.101.3.4.3.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
     "pss_leaf": (_pss_leaf, "bad_certificate", 0, "unsupported signature algorithm RSASSA-PSS "
                  "(1.2.840.113549.1.1.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
-    "control_names": (_control_names, "hostname_mismatch", 0, "certificate names a\\x00b.example, "
-                      "evil\\x1b[2J.example, not 'localhost'"),
+    "control_names": (_control_names, "hostname_mismatch", 0, "the certificate is not valid for 'localhost': it "
+                      "names DNS:a\\x00b.example, DNS:evil\\x1b[2J.example, not 'localhost'"),
 }
 
 
@@ -140,7 +140,7 @@ def test_each_broken_chain_names_its_cause(row, mpy, serve, root, inter, root_pe
     got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
     assert got[:2] == [kind, depth], got
     assert got[2].startswith(message), got
-    assert not re.search(r"[\x00-\x1f\x7f]", got[2])
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", got[2])
     _same(doctor(srv.port, root_pem), got, "all")
 
 
@@ -236,7 +236,8 @@ def trust(tmp_path, root):
 
 @pytest.mark.parametrize("case,kind,needle", [
     ("expired", "expired", "expired on"),
-    ("hostname", "hostname_mismatch", "certificate names other.example, not 'localhost'"),
+    ("hostname", "hostname_mismatch", "the certificate is not valid for 'localhost': it names DNS:other.example, "
+                 "not 'localhost'"),
     ("client_only", "bad_certificate", "not valid for server authentication (EKU)"),
 ])
 def test_first_contact_reports_anchor_independent_faults_at_once(case, kind, needle, mpy, serve, root, inter,
@@ -267,6 +268,17 @@ def test_without_a_second_look_a_skipped_leaf_is_flagged(mpy, serve, root, inter
     got = device(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))" % (srv.port, pyrepr(root.der)))
     assert got[0] == "hostname_mismatch", got
     assert "certificate at depth 0 is a CA" in got[2] and "signature algorithm" in got[2]
+
+
+def test_a_date_fault_comes_before_the_name(mpy, serve, root, inter, root_pem):
+    """A chain that verifies up to the anchor and whose leaf names another host is refused by
+    tlsguard's own name check, which ends the handshake early; the leaf's expiry is still named
+    first, as mbedTLS's report would rank it (and as `tlsguard doctor` predicts)."""
+    srv = serve(inter.issue(hosts=("other.example",), not_before=pki.NOW - 40 * pki.DAY,
+                            not_after=pki.NOW - pki.DAY))
+    got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
+    assert got[:2] == ["expired", 0] and got[2].startswith("certificate 'CN=other.example,O=tlsguard tests' expired on"), got
+    assert doctor(srv.port, root_pem)[0] == "expired"
 
 
 def test_more_faults_than_mbedtls_can_report(mpy, serve, root):

@@ -40,10 +40,10 @@ _VERIFY_FAILED = -0x2700  # the flags did not fit MicroPython's 256-byte report
 
 
 def printable(text):
-    """Certificate text made safe for a log line: control characters as \\xNN."""
+    """Certificate text made safe for a log line: control characters (C0, DEL, C1) as \\xNN."""
     out = ""
     for ch in text:
-        out += "\\x%02x" % ord(ch) if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
+        out += "\\x%02x" % ord(ch) if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch
     return out
 
 
@@ -109,12 +109,32 @@ def _untrusted(hs, host, certs, anchors, note=None):
 
 
 def _hostname(hs, host, certs):
+    """Our name check's words (Handshake.misnamed); mbedTLS's refusal of names ours accepts
+    (stricter on some detail) in the same form."""
+    if hs.misnamed is not None:
+        return hs.misnamed
     leaf = _leaf(certs)
-    if leaf is None:
-        return TLSError("hostname_mismatch", "certificate does not name '%s'" % host, host, 0)
-    names = leaf.dns_names + leaf.ip_addresses or [leaf.subject]
-    return TLSError("hostname_mismatch", "certificate names %s, not '%s'"
-                    % (printable(", ".join(names)), host), host, 0)
+    names = ["DNS:" + n for n in leaf.dns_names] + ["IP:" + a for a in leaf.ip_addresses] if leaf else []
+    return TLSError("hostname_mismatch", "the certificate is not valid for '%s': it names %s, not '%s'"
+                    % (host, printable(", ".join(names)) or "nothing", host), host, 0)
+
+
+def _dates(hs, host, certs, floor):
+    """The date fault of a chain that reached an anchor and was then refused for its leaf's
+    name, or None: mbedTLS would have named it first (not valid yet, expired)."""
+    now = platform.now()
+    future = any(c.not_valid_before > now for _, c in certs)
+    expired = any(c.not_valid_after < now for _, c in certs)
+    if (future or expired) and now < floor:
+        return _clock_unset(host, now, floor)
+    if future:
+        return _future(hs, host, certs, now)
+    return _expired(hs, host, certs, now) if expired else None
+
+
+def _clock_unset(host, now, floor):
+    return TLSError("clock_unset", "device clock reads %s, before %s: certificate dates cannot be checked"
+                    % (platform.date(now), platform.date(floor)), host)
 
 
 def _leaf_is_ca(certs):
@@ -133,8 +153,10 @@ def _presented(hs, host, usage=False):
     reopened, else the chain mbedTLS built), or None. usage: see chaincheck.presented_fault."""
     raws = None
     if hs.refetch is not None:
-        from tlsguard import peerchain
-        _, raws = peerchain.fetch(hs.refetch[0], host, hs.refetch[1])
+        if hs.presented is None:  # one second look per handshake, however often it is diagnosed
+            from tlsguard import peerchain
+            hs.presented = (peerchain.fetch(hs.refetch[0], host, hs.refetch[1])[1],)
+        raws = hs.presented[0]
         # A second look must show what the first handshake saw, or it explains nothing.
         if raws is not None and any(raw not in raws and raw not in hs.anchors for _, raw in hs.chain):
             raws = None
@@ -175,10 +197,13 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
     certs = _certs(hs) if hs else []
     if hs is not None and hs.failure is not None:
         err = hs.failure
-        if err.kind == "pin_mismatch" and _leaf_is_ca(certs):
+        if err.kind in ("pin_mismatch", "hostname_mismatch") and _leaf_is_ca(certs):
+            # The certificate at depth 0 stands in for a leaf mbedTLS skipped: say why.
             err = _presented(hs, host) or err
             if err is hs.failure and hs.refetch is None:
                 err.detail += _SKIPPED
+        elif err.kind == "hostname_mismatch":
+            err = _dates(hs, host, certs, floor) or err
         return err
     now = platform.now()
     code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
@@ -194,9 +219,10 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
     if isinstance(exc, ValueError):
         text = str(exc)
         if now < floor and ("future" in text or "expired" in text):
-            return TLSError("clock_unset", "device clock reads %s, before %s: certificate dates cannot be checked"
-                            % (platform.date(now), platform.date(floor)), host)
-        kinds = [kind for needle, kind in _FLAGS if needle in text]
+            return _clock_unset(host, now, floor)
+        # Our name check (hs.misnamed) counts as mbedTLS's own, which is looser on some names.
+        misnamed = hs is not None and hs.misnamed is not None
+        kinds = [kind for needle, kind in _FLAGS if needle in text or (misnamed and kind == "hostname_mismatch")]
         if first_contact and len(kinds) > 1:
             kinds.remove("untrusted_root")
         for kind in kinds:

@@ -10,12 +10,21 @@ from tlsguard import platform
 # than this holds the caller for nothing: stop reading.
 _LIMIT = 32768
 BUDGET_MS = 10000
+_EPIPE = 32
+_EIO = 5
+
+
+def _errno(e):
+    code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+    return code if 0 < code < 256 else _EIO
 
 
 class _Recorder(io.IOBase):
     """The TCP socket as mbedTLS sees it, keeping what the server sends until its Certificate
-    message is complete; then it reports end of stream, which ends the handshake there (nothing
-    is sent after our ClientHello)."""
+    message is complete; then it reports end of stream and refuses to send, which ends the
+    handshake there: nothing but our ClientHello is ever sent, even when the read that completed
+    the Certificate message held the rest of the server's flight. Socket errors are returned to
+    mbedTLS as error codes (an exception must not unwind through it)."""
 
     def __init__(self, sock, budget_ms):
         self.sock = sock
@@ -28,7 +37,11 @@ class _Recorder(io.IOBase):
             self.result = (bool(self.got), None)
         if self.result is not None:
             return 0
-        n = self.sock.readinto(buf)
+        try:
+            n = self.sock.readinto(buf)
+        except OSError as e:
+            self.result = (bool(self.got), None)
+            return -_errno(e)
         if n:
             self.got += buf[:n]
             self.result = certificate_list(self.got)
@@ -37,7 +50,13 @@ class _Recorder(io.IOBase):
         return n
 
     def write(self, buf):
-        return self.sock.write(buf)
+        if self.result is not None:
+            return -_EPIPE  # past the Certificate message: nothing more leaves the device
+        try:
+            return self.sock.write(buf)
+        except OSError as e:
+            self.result = (bool(self.got), None)
+            return -_errno(e)
 
     def ioctl(self, req, arg):
         if req == 4:  # close

@@ -136,7 +136,8 @@ def _bits(buf, pos, end, what):
     return e
 
 
-def _ip(raw, pos):
+def ip_text(raw):
+    """An IP address (4 or 16 bytes) as text, IPv6 in its RFC 5952 form; None for another length."""
     if len(raw) == 4:
         return "%d.%d.%d.%d" % tuple(raw)
     if len(raw) == 16:
@@ -153,7 +154,14 @@ def _ip(raw, pos):
         if best[1]:
             return ":".join(groups[:best[0]]) + "::" + ":".join(groups[best[1]:])
         return ":".join(groups)
-    raise ValueError("X.509: IP address of %d bytes in SAN at offset %d" % (len(raw), pos))
+    return None
+
+
+def _ip(raw, pos):
+    text = ip_text(raw)
+    if text is None:
+        raise ValueError("X.509: IP address of %d bytes in SAN at offset %d" % (len(raw), pos))
+    return text
 
 
 def subject_spki(data):

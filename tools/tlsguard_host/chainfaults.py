@@ -23,8 +23,9 @@ OID_NAMES = {
 
 
 def printable(text):
-    """Certificate text made safe for a terminal: control characters as \\xNN (as the device)."""
-    return "".join("\\x%02x" % ord(c) if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    """Certificate text made safe for a terminal: control characters (C0, DEL, C1) as \\xNN (as the
+    device)."""
+    return "".join("\\x%02x" % ord(c) if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 else c for c in text)
 
 
 def name(cert):

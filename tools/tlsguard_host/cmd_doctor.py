@@ -67,24 +67,37 @@ def chain_to_anchor(chain, anchors):
     return path, None
 
 
+def _dns_matches(pattern, name):
+    """RFC 6125 6.4 as the device applies it: exact, or '*' as the whole left-most label for
+    exactly one label, never directly under a single-label suffix."""
+    pattern = pattern.lower().rstrip(".")
+    if pattern == name:
+        return True
+    if not pattern.startswith("*.") or "*" in pattern[2:] or "." not in pattern[2:]:
+        return False
+    first, _, tail = name.partition(".")
+    return first != "" and tail == pattern[2:]
+
+
 def hostname_matches(cert, name):
+    """(matches, names the leaf carries, why not: worded as the device words it). Like the
+    device without cn_fallback: an IP matches IP SANs only, a name DNS SANs only, no CN."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return common_name(cert.subject).lower() == name.lower(), [cert.subject.rfc4514_string()]
+        return False, [cert.subject.rfc4514_string()], (
+            "it has no subjectAltName (a subject CN is used only with cn_fallback=True)")
     dns = san.get_values_for_type(x509.DNSName)
     ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-    try:
-        return str(ipaddress.ip_address(name)) in ips, dns + ips
-    except ValueError:
-        pass
+    shown = chainfaults.printable(", ".join(["DNS:" + d for d in dns] + ["IP:" + a for a in ips]))
     name = name.lower().rstrip(".")
-    for pattern in dns:
-        pattern = pattern.lower()
-        if pattern == name or (pattern.startswith("*.") and name.split(".", 1)[-1] == pattern[2:]
-                               and "." in name):
-            return True, dns + ips
-    return False, dns + ips
+    try:
+        ip = str(ipaddress.ip_address(name))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return ip in ips, dns + ips, "it names %s; an IP address matches only an IP SAN" % shown
+    return (any(_dns_matches(d, name) for d in dns), dns + ips, "it names %s, not '%s'" % (shown, name))
 
 
 def _weakness(cert):
@@ -98,7 +111,7 @@ def _weakness(cert):
 
 def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), host=None):
     """(kind or None, depth or None, reason), in the order the device meets the problems.
-    `names`: (hostname matches, names the leaf carries)."""
+    `names`: hostname_matches()."""
     chain = presented.chain
     if not {"TLSv1.2", "TLSv1.3"}.intersection(versions + [presented.version]):
         return "weak_protocol", None, "the server accepts only %s" % (", ".join(versions) or "no version we tried")
@@ -128,9 +141,8 @@ def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), hos
         if c.not_valid_after_utc < now:
             return "expired", None, "'%s' expired on %s" % (common_name(c.subject), c.not_valid_after_utc.date())
     if not names[0]:
-        # Worded as the device words it.
-        return "hostname_mismatch", 0, "certificate names %s, not '%s'" % (
-            chainfaults.printable(", ".join(names[1])), host)
+        return "hostname_mismatch", 0, "the certificate is not valid for '%s': %s" % (host.lower().rstrip("."),
+                                                                                    names[2])
     fault = chainfaults.eku_fault(chain[0])
     if fault:
         return ("bad_certificate",) + fault
@@ -161,7 +173,7 @@ def run(args):
         print("  (%d of %d entries could not be read as certificates)"
               % (len(presented.raw) - len(presented.chain), len(presented.raw)))
     if not presented.chain:
-        names, path, anchor = (False, []), [], None
+        names, path, anchor = (False, [], ""), [], None
     else:
         names = hostname_matches(presented.chain[0], name)
         print("hostname: %s %s (certificate names: %s)" % (name, "matches" if names[0] else "DOES NOT match",
