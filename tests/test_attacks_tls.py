@@ -115,61 +115,10 @@ class Resetter(Listener):
         conn.close()
 
 
-class AlertRelay(Listener):
-    """An on-path attacker between the device and the genuine server: it relays the handshake
-    and, the moment the device presents its client certificate (TLS 1.2 sends it in clear),
-    answers with a forged fatal alert (bad_certificate) and cuts both sides."""
-
-    ALERT = b"\x15\x03\x03\x00\x02\x02\x2a"
-
-    def __init__(self, upstream_port):
-        self.upstream_port = upstream_port
-        self.forged = 0
-        super().__init__()
-
-    def _accept(self, conn):
-        threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
-
-    def _relay(self, client):
-        server = socket.create_connection(("127.0.0.1", self.upstream_port), 10)
-        client.settimeout(10)
-        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
-        buf = b""
-        try:
-            while True:
-                data = client.recv(4096)
-                if not data:
-                    break
-                buf += data
-                while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[3:5], "big"):
-                    n = 5 + int.from_bytes(buf[3:5], "big")
-                    record, buf = buf[:n], buf[n:]
-                    if record[0] == 22 and record[5] == 11:  # handshake: Certificate
-                        self.forged += 1
-                        client.sendall(self.ALERT)
-                        return
-                    server.sendall(record)
-        except OSError:
-            pass
-        finally:
-            client.close()
-            server.close()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(4096)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-
-
-class Tap(Listener):
-    """An on-path observer in front of a server: relays both ways and keeps, per connection,
-    every byte the device sent."""
+class Relay(Listener):
+    """An on-path relay between the device and a server: the server's bytes pass unchanged; the
+    device's records (whole TLS records, type and body) go through self._record, which forwards
+    them or ends the connection. `sent`: per connection, every byte the device sent."""
 
     def __init__(self, upstream_port):
         self.upstream_port = upstream_port
@@ -183,22 +132,43 @@ class Tap(Listener):
         self.threads.append(t)
         t.start()
 
-    def _relay(self, client, buf):
+    def _relay(self, client, sent):
         server = socket.create_connection(("127.0.0.1", self.upstream_port), 10)
         client.settimeout(10)
-        threading.Thread(target=AlertRelay._pump, args=(server, client), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+        buf = b""
         try:
             while True:
                 data = client.recv(4096)
                 if not data:
                     break
+                sent += data
                 buf += data
-                server.sendall(data)
+                while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[3:5], "big"):
+                    n = 5 + int.from_bytes(buf[3:5], "big")
+                    record, buf = buf[:n], buf[n:]
+                    if not self._record(record, client, server):
+                        return
         except OSError:
             pass
         finally:
             client.close()
             server.close()
+
+    def _record(self, record, client, server):
+        server.sendall(record)
+        return True
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(4096)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
 
     def records(self):
         """Per connection, the (record type, first byte of its body) of each record the device
@@ -213,6 +183,25 @@ class Tap(Listener):
                 pos += 5 + int.from_bytes(buf[pos + 3:pos + 5], "big")
             out.append(recs)
         return out
+
+
+class AlertRelay(Relay):
+    """An on-path attacker between the device and the genuine server: it relays the handshake
+    and, the moment the device presents its client certificate (TLS 1.2 sends it in clear),
+    answers with a forged fatal alert (bad_certificate) and cuts both sides."""
+
+    ALERT = b"\x15\x03\x03\x00\x02\x02\x2a"
+
+    def __init__(self, upstream_port):
+        self.forged = 0
+        super().__init__(upstream_port)
+
+    def _record(self, record, client, server):
+        if record[0] == 22 and record[5] == 11:  # handshake: Certificate
+            self.forged += 1
+            client.sendall(self.ALERT)
+            return False
+        return super()._record(record, client, server)
 
 
 @pytest.fixture
@@ -233,8 +222,8 @@ def peers(tmp_path):
             started.append(r)
             return r
 
-        def relay(self, upstream, cls=None):
-            r = (cls or AlertRelay)(upstream.port)
+        def relay(self, upstream, cls=AlertRelay):
+            r = cls(upstream.port)
             started.append(r)
             return r
 
@@ -434,7 +423,7 @@ def test_second_look_sends_nothing_but_a_client_hello(mpy, peers, tmp_path):
     ident = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
     attacker = peers(pki.CA("attacker root").intermediate("attacker inter").issue(), client_ca=str(cas),
                      versions=(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2))
-    tap = peers.relay(attacker, Tap)
+    tap = peers.relay(attacker, Relay)
     r = mpy.value(DEVICE + """
 ctx = tlsguard.SecureContext(cadata=%s, identity=(%s, %s))
 emit(conn(ctx, %d))
