@@ -67,7 +67,31 @@ class TLSSocket(io.IOBase):
             self._context.store.handshake_ok()
         return r
 
-    # The port's SSLSocket stream methods (below the class), with its arguments and results.
+    # The port's SSLSocket stream methods, with its arguments and return values: None when a
+    # non-blocking socket would block, write/sendall write everything, send/recv go once.
+    def read(self, *a):
+        return self._received(self._io(self._sock.read, *a))
+
+    def readinto(self, *a):
+        return self._received(self._io(self._sock.readinto, *a))
+
+    def readline(self, *a):
+        return self._received(self._io(self._sock.readline, *a))
+
+    def recv(self, *a):
+        return self._received(self._io(self._sock.recv, *a))
+
+    def recv_into(self, *a):
+        return self._received(self._io(self._sock.recv_into, *a))
+
+    def write(self, *a):
+        return self._io(self._sock.write, *a)
+
+    def sendall(self, *a):
+        return self._io(self._sock.sendall, *a)
+
+    def send(self, *a):
+        return self._io(self._sock.send, *a)
 
     def setblocking(self, flag):
         self._sock.setblocking(flag)
@@ -116,27 +140,6 @@ class TLSSocket(io.IOBase):
             self.close()
             return 0
         return -1
-
-
-def _reader(name):
-    def method(self, *a):
-        return self._received(self._io(getattr(self._sock, name), *a))
-    return method
-
-
-def _writer(name):
-    def method(self, *a):
-        return self._io(getattr(self._sock, name), *a)
-    return method
-
-
-# Made by two closures, not nine functions: the RAM a .mpy import takes is mostly bytecode.
-# None when a non-blocking socket would block; write/sendall write everything, send/recv go once.
-for _n in ("read", "readinto", "readline", "recv", "recv_into"):
-    setattr(TLSSocket, _n, _reader(_n))
-for _n in ("write", "sendall", "send"):
-    setattr(TLSSocket, _n, _writer(_n))
-del _n
 
 
 def _close(s):
