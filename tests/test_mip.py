@@ -264,3 +264,15 @@ def test_plain_http_url_in_package_refused(mpy, tmp_path, https_folder, root_ca,
     assert not r["ok"] and r["type"] == "InstallError", r
     assert r["msg"] == "'http://localhost:1/evil.py' is not https:// (nor github:): it would not be authenticated"
     assert r["lib"] is None and srv.paths == ["/pkg/package.json"]
+
+
+def test_no_context_no_install(mpy):
+    r = mpy.value("""
+from tlsguard import mip
+try:
+    mip.install("umqtt.simple", context=None)
+    emit("installed")
+except ValueError as e:
+    emit(str(e))
+""", env={"MICROPYPATH": ".frozen:" + LIB})
+    assert r == "tlsguard.mip.install needs context=SecureContext(...)"
