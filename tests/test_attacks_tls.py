@@ -270,9 +270,14 @@ out += [conn(ctx, %d), conn(ctx, %d), conn(fresh, %d), conn(fresh, %d)]
 for p in (%s, %s, %s):
     c = tlsguard.SecureContext(mode="pin_only", pins=p, anchor_cache="cas.bin")
     out.append([conn(c, %d), c.handshakes])
+# Forgeries against a context that knows the CA from flash: refused, and the flash untouched.
+before = open("cas.bin", "rb").read()
+c = tlsguard.SecureContext(mode="pin_only", pins=%s, anchor_cache="cas.bin")
+out.append([conn(c, %d), conn(c, %d), open("cas.bin", "rb").read() == before])
 emit(out)
 """ % (pins(inter), genuine.port, genuine.port, pins(inter), attacker.port, attacker.port,
-       attacker.port, other.port, pins(inter), pins(inter), pins(genuine_leaf), genuine.port))
+       attacker.port, other.port, pins(inter), pins(inter), pins(genuine_leaf), genuine.port,
+       pins(inter), attacker.port, attacker.port))
     ok = {"ok": True, "line": "echo:%s\n" % SECRET.decode()}
     assert r[0] == ok and r[1] == ok
     assert r[2] == 1  # the verified CA is remembered: one handshake
@@ -285,8 +290,11 @@ emit(out)
     refused(r[5], "pin_mismatch", forgery)
     refused(r[6], "hostname_mismatch", "the certificate is not valid for 'localhost': it names "
             "DNS:other.example, not 'localhost'")
-    assert [x[1] for x in r[7:]] == [2, 1, 1]  # the last: a leaf pin, no CA needed
-    assert all(x[0] == ok for x in r[7:])
+    assert [x[1] for x in r[7:10]] == [2, 1, 1]  # the last: a leaf pin, no CA needed
+    assert all(x[0] == ok for x in r[7:10])
+    refused(r[10][0], "untrusted_root", "the chain holds the pinned certificate")
+    refused(r[10][1], "pin_mismatch", forgery)
+    assert r[10][2] is True
     assert not attacker.got_secret and attacker.received == [] and attacker.connections >= 4
     assert other.received == [] and other.connections == 2
 
