@@ -605,3 +605,27 @@ emit(out)
             assert r[host] == "server_hostname %s: %s" % (ascii(host), want), (host, r[host])
         else:
             assert r[host] == want, (host, r[host])
+
+
+def test_forged_chains_never_write_the_anchor_cache(mpy, peers, tmp_path, root_ca, inter_ca):
+    """Every forced write wears the flash: a forged chain against a host whose anchor is cached
+    is refused without touching the cache, and the genuine server still takes one handshake."""
+    from tlsguard_host import bundle
+    path = tmp_path / "roots.bin"
+    path.write_bytes(bundle.build([root_ca.cert], int(pki.NOW.timestamp()) - 86400))
+    genuine = peers(inter_ca.issue())
+    attacker = peers(forged(root_ca))
+    r = mpy.value(DEVICE + """
+ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r), anchor_cache="hosts.bin")
+out = [conn(ctx, %d)]
+before = open("hosts.bin", "rb").read()
+out += [conn(ctx, %d), conn(ctx, %d), open("hosts.bin", "rb").read() == before]
+n = ctx.handshakes
+out += [conn(ctx, %d), ctx.handshakes - n]
+emit(out)
+""" % (str(path), genuine.port, attacker.port, attacker.port, genuine.port))
+    assert r[0]["ok"] and r[4]["ok"], r
+    for x in r[1:3]:
+        refused(x, "untrusted_root", "CN=tlsguard test root,O=tlsguard tests")
+    assert r[3] is True and r[5] == 1
+    assert attacker.received == []
