@@ -629,3 +629,29 @@ emit(out)
         refused(x, "untrusted_root", "CN=tlsguard test root,O=tlsguard tests")
     assert r[3] is True and r[5] == 1
     assert attacker.received == []
+
+
+def test_umqtt_never_sends_its_password_through_a_forged_pin_only_chain(mpy, peers):
+    """micropython-lib's umqtt.simple, unmodified, with a pin_only context pinning a private CA:
+    its MQTT CONNECT (the broker password) would be the first bytes after the handshake."""
+    from conftest import LIB, ROOT
+    clients = os.path.join(os.path.dirname(ROOT), "shared", "clients")
+    inter = pki.CA("private root").intermediate("private intermediate")
+    attacker = peers(forged(inter))
+    r = mpy.value("""
+import tlsguard
+from umqtt.simple import MQTTClient
+ctx = tlsguard.SecureContext(mode="pin_only", pins=%s)
+out = []
+for i in range(2):
+    c = MQTTClient("sensor-1", "localhost", %d, user="sensor-1", password=%r, ssl=ctx)
+    try:
+        c.connect()
+        out.append({"ok": True})
+    except tlsguard.TLSError as e:
+        out.append({"ok": False, "kind": e.kind, "msg": str(e)})
+emit(out)
+""" % (pins(inter), attacker.port, SECRET), env={"MICROPYPATH": ".frozen:%s:%s" % (LIB, clients)})
+    refused(r[0], "untrusted_root", "the chain holds the pinned certificate 'CN=private intermediate")
+    refused(r[1], "pin_mismatch", "but its leaf is not signed by that certificate's key")
+    assert attacker.connections == 2 and attacker.received == [] and not attacker.got_secret
