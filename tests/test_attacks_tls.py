@@ -655,3 +655,23 @@ emit(out)
     refused(r[0], "untrusted_root", "the chain holds the pinned certificate 'CN=private intermediate")
     refused(r[1], "pin_mismatch", "but its leaf is not signed by that certificate's key")
     assert attacker.connections == 2 and attacker.received == [] and not attacker.got_secret
+
+
+def test_asyncio_sends_nothing_to_a_wrong_host(mpy, peers, root_ca):
+    """asyncio runs the handshake inside the first write: the name check in the verify callback
+    still ends it before the secret leaves."""
+    attacker = peers(_ca_leaf(root_ca, [x509.DNSName("127.0.0.1")]))
+    r = mpy.value("""
+import asyncio, tlsguard
+async def talk(port, ctx):
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1")
+    w.write(%r)
+    await w.drain()
+    return (await r.readline()).decode()
+try:
+    emit({"ok": True, "line": asyncio.run(talk(%d, tlsguard.SecureContext(cadata=%s)))})
+except tlsguard.TLSError as e:
+    emit({"ok": False, "kind": e.kind, "msg": str(e)})
+""" % (SECRET + b"\n", attacker.port, pyrepr(root_ca.der)))
+    refused(r, "hostname_mismatch", "it names DNS:127.0.0.1; an IP address matches only an IP SAN")
+    assert attacker.connections == 1 and attacker.received == []
