@@ -82,8 +82,10 @@ def _unstamp(b):
 
 class Chrony:
     """chronyd serving the host clock on 127.0.0.1:<port>, stratum 8; -x: never sets the clock.
-    Its own pid file, drift file and port, no command socket: it touches nothing of the host's
-    (a system chronyd keeps running beside it)."""
+    Everything it owns is its own: NTP port (a free one, checked in its log that it got it), no
+    command port (cmdport 0), no Unix command socket (bindcmdaddress /: the default path is the
+    system chronyd's), pid and drift files in its folder. So it runs beside a system chronyd and
+    touches nothing of it."""
 
     def __init__(self, workdir, attempts=5):
         self.dir = os.path.join(str(workdir), "chrony")
@@ -99,7 +101,8 @@ class Chrony:
         conf = os.path.join(self.dir, "chrony.conf")
         with open(conf, "w") as f:
             f.write("port %d\nbindaddress 127.0.0.1\nlocal stratum 8\nallow 127.0.0.1\ncmdport 0\n"
-                    "pidfile %s/chronyd.pid\ndriftfile %s/drift\nuser root\n" % (port, self.dir, self.dir))
+                    "bindcmdaddress /\npidfile %s/chronyd.pid\ndriftfile %s/drift\nuser root\n"
+                    % (port, self.dir, self.dir))
         exe = shutil.which("chronyd") or "/usr/sbin/chronyd"
         logname = os.path.join(self.dir, "log")
         self.log = open(logname, "w")

@@ -13,9 +13,8 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
-# chrony's package starts a system daemon; tests run their own on loopback, so keep the host clock alone.
-if command -v systemctl >/dev/null 2>&1; then systemctl disable --now chrony >/dev/null 2>&1 || true; fi
-pkill -x chronyd 2>/dev/null || true
+# Installing chrony may start the system's chronyd: that daemon is the host's business. The tests
+# run their own (tests/ntp_servers.py) beside it, with its own port, pid file and no command socket.
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
