@@ -675,3 +675,12 @@ except tlsguard.TLSError as e:
 """ % (SECRET + b"\n", attacker.port, pyrepr(root_ca.der)))
     refused(r, "hostname_mismatch", "it names DNS:127.0.0.1; an IP address matches only an IP SAN")
     assert attacker.connections == 1 and attacker.received == []
+
+
+def test_cn_fallback_never_overrides_a_san(mpy, peers, root_ca):
+    """Asked for by name, the CN counts only for a leaf with no SAN at all (RFC 6125 6.4.4)."""
+    attacker = peers(_ca_leaf(root_ca, [x509.DNSName("other.example")], cn="localhost"))
+    r = mpy.value(DEVICE + "emit(wrap(tlsguard.SecureContext(cadata=%s, cn_fallback=True), %d, 'localhost'))"
+                  % (pyrepr(root_ca.der), attacker.port))
+    refused(r, "hostname_mismatch", "it names DNS:other.example, not 'localhost'")
+    assert attacker.received == []
