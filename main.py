@@ -2,14 +2,21 @@
 tlsguard. Connects to the broker (CA or trust bundle, pins, the device certificate from the
 credential store), prints the verified peer, publishes telemetry, reconnects with backoff after any
 failure (TLS errors logged with their kind and hint), and applies credential update packages that
-arrive on devices/<id>/credentials (the next connection uses them). Reads config.json:
+arrive on devices/<id>/credentials, signed with the device's package key and bound to its id (the
+next connection uses them; without a package_key no update is accepted). Reads config.json:
 {"device_id": "sensor-1", "broker": {"host": "mqtt.example.com", "port": 8883},
  "ca": "certs/ca.der" and/or "bundle": "certs/roots.bin", "pins": {"host": ["sha256/..."]},
  "identity": ["certs/device.crt", "certs/device.key"], "store": "store",
- "package_key": "<hex HMAC key>", "time_servers": ["pool.ntp.org"],
+ "package_key": "<hex, 16+ bytes>",
+ "time_servers": ["0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org"],
  "interval": 10, "backoff": [1, 60], "messages": 0, "max_failures": 0}
 messages / max_failures: stop after that many messages sent / consecutive failed connections
-(0: never; a board runs forever)."""
+(0: never; a board runs forever).
+"https": {"port": 443, "operator_port": 8443, "operator_ca": "certs/operator-ca.der",
+ "operators": ["sha256/..."], "settings": "settings.json"} serves the device's pages (WebUI) with the
+credential store's identity: the status page to anyone, /config only on the operator port, whose
+clients must present a certificate from operator_ca (and, if listed, with one of the operators'
+SPKI pins). Without "broker" only the pages are served; with both, the pages run in a thread."""
 import gc
 import json
 import select
@@ -156,9 +163,11 @@ def make_context(cfg, store):
     if cfg.get("identity"):
         identity = (read(cfg["identity"][0]), read(cfg["identity"][1]))
     trust = tlsguard.TrustStore(cfg["bundle"]) if cfg.get("bundle") else None
+    from tlsguard.timesync import DEFAULT_SERVERS
+    # Several independent servers: a step past a pin expiry needs two of them to agree.
     return tlsguard.SecureContext(cadata=read(cfg["ca"]) if cfg.get("ca") else None, trust=trust,
                                   pins=cfg.get("pins"), identity=identity, store=store,
-                                  time_servers=cfg.get("time_servers"))
+                                  time_servers=cfg.get("time_servers") or DEFAULT_SERVERS)
 
 
 def show_peer(sock, host, port):
@@ -178,6 +187,21 @@ def log_tls_error(e, host, port):
     log("  hint: %s" % e.hint)
 
 
+def package_key(cfg):
+    """The key update packages must be signed with, or None: then no update is accepted."""
+    if not cfg.get("store"):
+        return None
+    try:
+        import binascii
+        key = binascii.unhexlify(cfg.get("package_key") or "")
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        log("credential updates disabled: config.json needs package_key, at least 16 bytes as hex")
+        return None
+    return key
+
+
 class Device:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -185,19 +209,16 @@ class Device:
         self.store = tlsguard.CredentialStore(cfg["store"]) if cfg.get("store") else None
         if self.store is not None:
             log("credentials: %s" % "; ".join(self.store.report))
-        self.key = None
-        if cfg.get("package_key"):
-            import binascii
-            self.key = binascii.unhexlify(cfg["package_key"])
+        self.key = package_key(cfg)
         self.ctx = make_context(cfg, self.store)
         self.sent = 0
         self.rotated = False
 
     def on_message(self, topic, msg):
-        if not topic.endswith("/credentials") or self.store is None:
+        if not topic.endswith("/credentials") or self.store is None or self.key is None:
             return
         try:
-            version = self.store.apply(msg, key=self.key)
+            version = self.store.apply(msg, key=self.key, device=self.id)
             self.store.activate()
         except ValueError as e:  # StoreError: refused package, store unchanged
             log("credential package refused: %s" % e)
@@ -213,7 +234,7 @@ class Device:
         try:
             c.connect()
             show_peer(c.sock, host, port)
-            if self.store is not None:
+            if self.store is not None and self.key is not None:
                 c.subscribe("devices/%s/credentials" % self.id)
             interval_ms = int(self.cfg.get("interval", 10) * 1000)
             budget = self.cfg.get("messages", 0)
@@ -268,10 +289,142 @@ class Device:
         return True
 
 
+class WebUI:
+    """The device's HTTPS pages: / (status: id, certificate, uptime) and /config (settings as JSON,
+    GET and POST; authorized by an operator client certificate, never by a password)."""
+
+    SETTINGS = {"label": (str, 64), "interval": (int, 86400)}  # name: (type, max length or value)
+
+    def __init__(self, device, https):
+        from tlsguard.server import ServerContext
+        self.device = device
+        self.https = https
+        self.started = time.ticks_ms()
+        self.settings_path = https.get("settings", "settings.json")
+        identity = None
+        if device.cfg.get("identity"):
+            identity = [read(p) for p in device.cfg["identity"]]
+        self.public = ServerContext(store=device.store, identity=identity)
+        self.operator = None
+        if https.get("operator_ca"):
+            self.operator = ServerContext(store=device.store, identity=identity,
+                                          client_ca=read(https["operator_ca"]))
+        self.operators = https.get("operators") or []
+        self.operator_port = https.get("operator_port", 8443)
+        try:
+            with open(self.settings_path) as f:
+                device.cfg.update(json.load(f))
+        except (OSError, ValueError):
+            pass
+
+    def status(self, req):
+        from tlsguard.httpd import html_escape as esc
+        cert = self.public.certificate
+        rows = (("Device", self.device.id), ("Label", self.device.cfg.get("label", "")),
+                ("Certificate", cert.subject), ("Issuer", cert.issuer), ("Serial", "%x" % cert.serial),
+                ("Valid until", tlsguard.platform.date(cert.not_valid_after)),
+                ("Key pin", tlsguard.spki_pin(cert.der)),
+                ("Credentials", "version %d" % self.device.store.version if self.device.store else "config"),
+                ("Uptime", "%d s" % (time.ticks_diff(time.ticks_ms(), self.started) // 1000)),
+                ("Free heap", "%d bytes" % gc.mem_free()))
+        body = ["<!doctype html><html><head><meta charset=utf-8><title>%s</title><style>body{font:16px sans-serif;"
+                "margin:2em}td{padding:.2em 1em .2em 0;word-break:break-all}</style></head><body><h1>%s</h1><table>"
+                % (esc(self.device.id), esc(self.device.id))]
+        body += ["<tr><td>%s</td><td>%s</td></tr>" % (esc(k), esc(v)) for k, v in rows]
+        body.append("</table></body></html>")
+        return 200, "text/html; charset=utf-8", "".join(body)
+
+    def _operator(self, req):
+        """Refuse anyone but an operator. A request from an operator served with a credential set
+        on trial proves the set works for serving: it is confirmed (any other client could not
+        be allowed to do that, or it could keep a broken set)."""
+        from tlsguard.httpd import HTTPError
+        if req.client is None:
+            raise HTTPError(403, "%s needs an operator certificate: use port %s" % (req.path, self.operator_port))
+        if self.operators and tlsguard.spki_pin(req.client.der) not in self.operators:
+            raise HTTPError(403, "certificate '%s' is not one of this device's operators" % req.client.subject)
+        store = self.device.store
+        if store is not None and store.trial and req.generation == store.generation:
+            store.confirm()
+            log("https: credentials version %d confirmed by operator '%s'" % (store.version, req.client.subject))
+
+    def credentials(self, req):
+        """POST a signed update package (`tlsguard package`): staged, checked and activated; the
+        next connection presents the new certificate."""
+        from tlsguard.httpd import HTTPError
+        self._operator(req)
+        if self.device.store is None:
+            raise HTTPError(404, "this device has no credential store")
+        try:
+            version = self.device.store.apply(req.body, key=self.device.key)
+            self.device.store.activate()
+        except ValueError as e:  # StoreError: the store is unchanged
+            raise HTTPError(400, "package refused: %s" % e)
+        log("https: credentials version %d activated by '%s'" % (version, req.client.subject))
+        self.device.rotated = True
+        return 200, "application/json", json.dumps({"version": version, "trial": self.device.store.trial})
+
+    def config(self, req):
+        from tlsguard.httpd import HTTPError
+        self._operator(req)
+        cfg = self.device.cfg
+        if req.method == "POST":
+            new = req.json()
+            if not isinstance(new, dict):
+                raise HTTPError(400, "send a JSON object")
+            for k, v in new.items():
+                kind, limit = self.SETTINGS.get(k, (None, 0))
+                if kind is None:
+                    raise HTTPError(400, "unknown setting %r (settable: %s)" % (k, ", ".join(self.SETTINGS)))
+                if type(v) is not kind or (len(v) if kind is str else v) > limit or (kind is int and v < 1):
+                    raise HTTPError(400, "%s must be %s up to %d" % (k, kind.__name__, limit))
+            settings = {k: cfg[k] for k in self.SETTINGS if k in cfg}
+            settings.update(new)
+            tmp = self.settings_path + ".new"
+            with open(tmp, "w") as f:
+                json.dump(settings, f)
+            import os
+            os.rename(tmp, self.settings_path)  # the old settings stay until the new ones are whole
+            cfg.update(new)
+            log("https: settings changed by '%s': %s" % (req.client.subject, ", ".join(sorted(new))))
+        return 200, "application/json", json.dumps({k: cfg.get(k) for k in self.SETTINGS})
+
+    async def serve(self, host="0.0.0.0"):
+        import asyncio
+        from tlsguard.httpd import HTTPServer
+        servers = [(self.public, self.https.get("port", 443))]
+        if self.operator is not None:
+            servers.append((self.operator, self.operator_port))
+        for ctx, port in servers:
+            srv = HTTPServer(ctx, timeout=self.https.get("timeout", 10), log=lambda line: log("https:", line),
+                             max_body=8192 if ctx.client_ca else 2048)
+            srv.route("/", self.status)
+            srv.route("/config", self.config, ("GET", "POST"))
+            srv.route("/credentials", self.credentials, ("POST",))
+            await srv.start(host, port)
+            if ctx.client_ca:
+                self.operator_port = srv.port  # the port the OS chose when asked for 0
+            log("https: serving %s on port %d (certificate %s)" % (
+                "config to operators" if ctx.client_ca else "the status page", srv.port, ctx.certificate.subject))
+        while True:
+            await asyncio.sleep(3600)
+
+    def run(self):
+        import asyncio
+        asyncio.run(self.serve(self.https.get("host", "0.0.0.0")))
+
+
 def main(path="config.json"):
     with open(path) as f:
         cfg = json.load(f)
-    return Device(cfg).run()
+    device = Device(cfg)
+    if cfg.get("https"):
+        web = WebUI(device, cfg["https"])
+        if not cfg.get("broker"):
+            return web.run()
+        import _thread
+        _thread.start_new_thread(web.run, ())
+    return device.run()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Prepares a fresh machine: Debian packages the tests use, then the local venv from pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEBS="openssl faketime chrony mosquitto socat valgrind stress-ng"
+DEBS="openssl faketime chrony mosquitto socat valgrind stress-ng curl chromium libnss3-tools pebble bind9"
 missing=""
 for p in $DEBS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -24,17 +24,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
-# MicroPython MQTT client wheels for the device tests (not importable by CPython tooling): only the
-# library modules are unpacked into .venv/mpylib, which tests put on MICROPYPATH. aiomqttc's wheel
-# also ships top-level main.py/config.py/wifi.py examples; they are left out so they never shadow
-# the firmware's own.
-MPYLIB_STAMP=.venv/mpylib/.aiomqttc-1.0.7
-if [ ! -f "$MPYLIB_STAMP" ]; then
-  rm -rf .venv/mpylib && mkdir -p .venv/mpylib .venv/wheels
-  if ! .venv/bin/pip download -q --no-deps --only-binary=:all: -d .venv/wheels aiomqttc==1.0.7 >.venv/pip.log 2>&1; then
-    grep -v '^WARNING: Location' .venv/pip.log; exit 1
-  fi
-  .venv/bin/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('aiomqttc.py', sys.argv[2])" \
-    .venv/wheels/aiomqttc-1.0.7-py3-none-any.whl .venv/mpylib
-  touch "$MPYLIB_STAMP"
-fi
+# The third-party MicroPython clients of the interop tests, unmodified, into .venv/mpylib.
+.venv/bin/python tools/fetch_clients.py

@@ -180,9 +180,11 @@ class SecureContext:
             raise ValueError("SecureContext is client-side only")
         try:
             host, ip = _host(server_hostname, self.mode)
-            if self.clock:
-                self.clock.before_handshake()
             self._sync_store()
+            if self.clock:
+                # The pins' expiry dates (the store's included) bound what one time server may do
+                # to the clock.
+                self.clock.before_handshake(self.pins)
             pinset = self._pinset(host)
             if self.mode == "pin_only" and pinset is None:
                 raise ValueError("pin_only mode needs a pin set for %r" % host)
@@ -205,7 +207,7 @@ class SecureContext:
             self._release_tls(ctx, hs)
             _close(sock)
             raise self._failed(e, hs)
-        tsock = TLSSocket(self, ctx, hs, raw)
+        tsock = TLSSocket(self, ctx, hs, raw, sock)
         tsock.generation = self._store_gen
         tsock._unproven = self.store is not None and self.store.trial
         if do_handshake_on_connect:
@@ -242,6 +244,9 @@ class SecureContext:
             self._pin_cas.verified(hs)
         elif self._policy is not None and self.mode == "verify" and hs.anchors:
             self._policy.verified(hs)
+        if self.mode == "verify":
+            from tlsguard import floor
+            floor.evidence(hs.leaf(), platform.now())
 
 
 def _host(name, mode):

@@ -66,7 +66,7 @@ class Handshake:
                 return _ABORT
         # The name check is ours (RFC 6125), made before any application data can flow. In
         # pin_only mode a pinned leaf key is the server's identity; a CA pin vouches for names.
-        if self.mode == "verify" or self.anchors:
+        if self.host is not None and (self.mode == "verify" or self.anchors):
             why = hostname.check(raw, self.host, self.ip, self.cn_fallback)
             if why:
                 self.failure = TLSError("hostname_mismatch", "the certificate is not valid for '%s': %s"
