@@ -723,7 +723,7 @@ emit(out)
 """ % (str(path), genuine.port, attacker.port, attacker.port, genuine.port))
     assert r[0]["ok"] and r[4]["ok"], r
     for x in r[1:3]:
-        refused(x, "untrusted_root", "CN=tlsguard test root,O=tlsguard tests")
+        refused(x, "bad_certificate", "bad signature on the certificate at depth 0")
     assert r[3] is True and r[5] == 1
     assert attacker.received == []
 
