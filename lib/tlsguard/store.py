@@ -108,11 +108,13 @@ def _check_dates(cert, what, now):
     if now < platform.RELEASE_FLOOR:
         raise StoreError("clock_unset", "cannot check %s's validity: the device clock (%s) is not set"
                          % (what, platform.date(now)))
-    if cert.not_valid_after <= now:
-        raise StoreError("expired", "%s '%s' expired on %s" % (what, cert.subject, platform.date(cert.not_valid_after)))
-    if cert.not_valid_before > now:
+    if cert.not_valid_after <= now or cert.not_valid_before > now:
+        from tlsguard.diagnose import printable  # certificate text is escaped in every message
+        if cert.not_valid_after <= now:
+            raise StoreError("expired", "%s '%s' expired on %s"
+                             % (what, printable(cert.subject), platform.date(cert.not_valid_after)))
         raise StoreError("not_yet_valid", "%s '%s' is valid only from %s"
-                         % (what, cert.subject, platform.date(cert.not_valid_before)))
+                         % (what, printable(cert.subject), platform.date(cert.not_valid_before)))
 
 
 def _parse(der, what):
@@ -572,10 +574,13 @@ class CredentialStore:
         if not self._trial or len(self._sets) < 2:
             return False
         new, old = self._sets[0]["files"], self._sets[1]["files"]
-        if new.get("crt") == old.get("crt") or any(new.get(k) != old.get(k) for k in ("roots", "pins", "bundle")):
+        if new.get("crt") == old.get("crt"):
+            return False
+        if any(new.get(k) != old.get(k) for k in ("roots", "pins", "bundle")):
             return False
         self._failures += 1
-        self._note("version %d refused (%d of %d): %s" % (self.version, self._failures, self.max_failures, evidence))
+        self._note("version %d refused (%d of %d): %s"
+                   % (self.version, self._failures, self.max_failures, evidence))
         if self._failures < self.max_failures:
             return False
         self.rollback("%d failed handshakes on trial" % self._failures)
