@@ -211,6 +211,7 @@ def test_markup_in_a_path_is_not_reflected_as_html(board, fleet):
     assert status == 404 and headers["content-type"] == "text/plain" and headers["x-content-type-options"] == "nosniff"
 
 
+@pytest.mark.timing
 def test_slowloris_bounded_by_the_timeout(board, fleet):
     """A client that sends its headers a byte at a time is answered 408 and dropped after the
     request timeout (3 s here), while other clients are served meanwhile."""
@@ -240,6 +241,7 @@ def test_slowloris_bounded_by_the_timeout(board, fleet):
     assert get(board.port, "/", ctx)[0] == 200
 
 
+@pytest.mark.timing
 def test_connection_cap_and_idle_sockets(board, fleet):
     """Connections over the cap (4) are closed unanswered; idle ones that never say hello are
     dropped at the timeout and the server serves again."""
