@@ -388,3 +388,37 @@ def test_server_context_errors(mpy, tmp_path):
     assert got[2][:2] == ["TLSError", "bad_certificate"] and "client_ca:" in got[2][2]
     assert got[3][:2] == ["TLSError", "bad_certificate"] and "holds no identity to present" in got[3][2]
     assert got[4][:2] == ["TLSError", "bad_certificate"] and "identity (certificate/key) rejected" in got[4][2]
+
+
+def test_readme_server_example(tmp_path, fleet):
+    """The README's server example, as written (ports 443/8443 turned into 0: the OS picks)."""
+    import re
+    import shutil
+    import subprocess as sp
+
+    from conftest import LIB, MICROPYTHON, ROOT
+    from webboard import KEY, PROVISION
+    text = open(ROOT + "/README.md").read()
+    code = re.search(r"<!-- example: server .*?-->\n```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace("(public, 443)", "(public, 0)").replace("(operators, 8443)", "(operators, 0)")
+    shutil.copy(fleet.packages[1], tmp_path / "v1.pkg")
+    (tmp_path / "operator-ca.der").write_bytes(fleet.operator_ca.der)
+    (tmp_path / "provision.py").write_text(PROVISION % KEY)
+    (tmp_path / "example.py").write_text(code)
+    env = dict(__import__("os").environ, MICROPYPATH=".frozen:" + LIB)
+    sp.run([MICROPYTHON, "provision.py"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60)
+    proc = sp.Popen([MICROPYTHON, "example.py"], cwd=tmp_path, env=env, stdout=sp.PIPE, stderr=sp.STDOUT, text=True)
+    try:
+        ports = [int(proc.stdout.readline().split()[-1]) for _ in range(2)]
+        r = curl("--cacert", fleet.root_pem, "https://localhost:%d/" % ports[0])
+        assert r.stdout == "serving as CN=sensor-1,O=tlsguard fleet\n", r.stderr
+        r = curl("--cacert", fleet.root_pem, "https://localhost:%d/config" % ports[0])
+        assert r.stdout == "operators only: use the operator port\n"
+        r = curl("--cacert", fleet.root_pem, "--cert", fleet.operator["cert"], "--key", fleet.operator["key"],
+                 "https://localhost:%d/config" % ports[1])
+        assert json.loads(r.stdout) == {"operator": "CN=operator-1,O=tlsguard tests"}
+        r = curl("--cacert", fleet.root_pem, "https://localhost:%d/config" % ports[1])
+        assert r.returncode in (35, 56) and r.stdout == ""
+    finally:
+        proc.kill()
+        proc.wait()
