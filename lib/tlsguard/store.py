@@ -473,9 +473,15 @@ class CredentialStore:
         if self._staged is None:
             raise StoreError("nothing_staged", "stage() a set before activate()")
         new, self._staged = self._staged, None
-        self._high = new["version"]
+        high, self._high = self._high, new["version"]
         trial = bool(self._sets)
-        self._commit([new] + self._sets[:1], trial)
+        try:
+            self._commit([new] + self._sets[:1], trial)
+        except Exception:
+            # Nothing switched (a full flash, say): the set stays staged, for discard() or a retry.
+            self._staged, self._high = new, high
+            _remove(_join(self.path, _NEXT))
+            raise
         if trial:
             _ACTIVATED[self.path] = True
         self._note("version %d activated%s" % (new["version"], " (on trial)" if trial else ""))
@@ -490,6 +496,15 @@ class CredentialStore:
         _ACTIVATED.pop(self.path, None)
         self._note("version %d confirmed" % self.version)
         return True
+
+    def retire_previous(self):
+        """Forget the previous set and delete its files (after a key renewal the old key must
+        not stay on flash). Not while the active set is on trial: it is the way back."""
+        if self._trial:
+            raise StoreError("on_trial", "version %d is on trial: confirm() it first" % self.version)
+        if len(self._sets) > 1:
+            self._commit(self._sets[:1], False)
+            self._note("previous set deleted")
 
     def rollback(self, reason="requested"):
         """Return to the previous set; the abandoned version can never be staged again."""

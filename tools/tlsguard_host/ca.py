@@ -102,6 +102,7 @@ class PrivateCA:
     def __init__(self, folder, passphrase=None):
         self.folder = folder
         self.passphrase = passphrase
+        self._issuing = None
 
     def path(self, *parts):
         return os.path.join(self.folder, *parts)
@@ -165,6 +166,12 @@ class PrivateCA:
         return load_certs(self.path("root.crt"))[0]
 
     def issuing(self):
+        """(issuing certificate, its key), loaded once."""
+        if self._issuing is None:
+            self._issuing = self._load_issuing()
+        return self._issuing
+
+    def _load_issuing(self):
         self._need_ca()
         cert = load_certs(self.path("issuing.crt"))[0]
         key_path = self.path("issuing.key")
@@ -187,30 +194,36 @@ class PrivateCA:
 
     def issue(self, device_id, dns=(), ips=(), kind=None, days=DEVICE_DAYS, force=False):
         """Key + certificate for one device; returns the certificate."""
-        issuing, issuing_key = self.issuing()
+        _, issuing_key = self.issuing()
         sans = san_entries(dns, ips)
         key = self._new_device_key(device_id, kind or _kind_of(issuing_key), force)
+        cert, chain = self.sign(device_id, key.public_key(), sans, days)
+        with open(os.path.join(self.device_dir(device_id), "device.crt"), "wb") as f:
+            f.write(b"".join(pem(c) for c in [cert] + chain))
+        return cert
+
+    def sign(self, cn, public_key, sans=(), days=DEVICE_DAYS):
+        """A device certificate for `public_key` (from a CSR, or a key made here) signed by the
+        issuing CA: (certificate, [issuing certificate])."""
+        issuing, issuing_key = self.issuing()
         now = _now()
         org = issuing.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
         builder = (x509.CertificateBuilder()
-                   .subject_name(_name(device_id, org[0].value if org else None))
-                   .issuer_name(issuing.subject).public_key(key.public_key())
+                   .subject_name(_name(cn, org[0].value if org else None))
+                   .issuer_name(issuing.subject).public_key(public_key)
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(now - BACKDATE).not_valid_after(now + datetime.timedelta(days=days))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(_key_usage(_kind_of(key), False), critical=True)
+                   .add_extension(_key_usage(_kind_of(public_key), False), critical=True)
                    # A device is a TLS client (mutual TLS) and may also serve a local web page.
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH,
                                                          ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
                    .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuing_key.public_key()),
                                   critical=False))
         if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(issuing_key, hashes.SHA256())
-        with open(os.path.join(self.device_dir(device_id), "device.crt"), "wb") as f:
-            f.write(pem(cert) + pem(issuing))
-        return cert
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+        return builder.sign(issuing_key, hashes.SHA256()), [issuing]
 
     def csr(self, device_id, dns=(), ips=(), kind="ec", org=None, force=False):
         sans = san_entries(dns, ips)

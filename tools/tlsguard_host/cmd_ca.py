@@ -3,14 +3,16 @@ bar, device ids read from attached boards if asked), and the CSR/import round tr
 import getpass
 import os
 import sys
+import threading
 
 from tlsguard_host import ca as ca_mod
-from tlsguard_host.certfile import common_name, read_file, spki_pin
+from tlsguard_host.certfile import common_name, pem, read_file, spki_pin
 from tlsguard_host.cli import CLIError
 from tlsguard_host.progress import Progress
 
 PASSPHRASE_ENV = "TLSGUARD_CA_PASSPHRASE"
 DEFAULT_DIR = "pki"
+DEVICE_DAYS_SIGN = 90
 
 
 def passphrase(args, creating=False):
@@ -116,6 +118,97 @@ def run_import(args):
           % (args.device_id, common_name(cert.issuer), cert.not_valid_after_utc.date()))
 
 
+def run_sign(args):
+    from cryptography import x509
+
+    from tlsguard_host.issuer import IssueError, LocalIssuer, Policy
+    csr = read_file(args.csr, "CSR file")
+    # By hand the operator is the policy: any name, unless --allow narrows it.
+    policy = Policy(args.allow or ("*",), args.days)
+    try:
+        ders = LocalIssuer(_ca(args)).issue(csr, policy)
+    except IssueError as e:
+        raise CLIError("%s: %s" % (args.csr, e.detail))
+    certs = [x509.load_der_x509_certificate(d) for d in ders]
+    out = b"".join(pem(c) for c in certs)
+    if args.out:
+        with open(args.out, "wb") as f:
+            f.write(out)
+        cert = certs[0]
+        print("signed %s: serial %x, valid to %s, written to %s" % (
+            common_name(cert.subject), cert.serial_number, cert.not_valid_after_utc.date(), args.out))
+    else:
+        sys.stdout.write(out.decode())
+
+
+def _est_dir(args):
+    folder = os.path.join(args.dir, "est")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    return folder
+
+
+def run_secret(args):
+    from tlsguard_host.est_server import Secrets
+    device_id = ca_mod.check_device_id(args.device_id)
+    ca_mod.PrivateCA(args.dir).root()  # a CA must exist
+    secret = Secrets(os.path.join(_est_dir(args), "secrets.json")).create(device_id, args.hours)
+    print(secret)
+    print("one-time enrollment secret for %s, valid %g hours: give it to the device only"
+          % (device_id, args.hours), file=sys.stderr)
+
+
+def _server_identity(ca, folder, names):
+    """The EST server's own certificate, issued by the CA for `names` (kept until it changes)."""
+    from cryptography.hazmat.primitives import serialization
+    crt, key_path = os.path.join(folder, "server.crt"), os.path.join(folder, "server.key")
+    dns, ips = ca_mod.split_names(names)
+    key = ca_mod.new_key("ec")
+    cert, chain = ca.sign("tlsguard EST server", key.public_key(), ca_mod.san_entries(dns, ips), 365)
+    with open(crt, "wb") as f:
+        f.write(b"".join(pem(c) for c in [cert] + chain))
+    from tlsguard_host.certfile import write_private
+    write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    return crt, key_path
+
+
+def run_serve(args):
+    from cryptography.hazmat.primitives import serialization
+    from tlsguard_host.est_server import EST, Secrets
+    from tlsguard_host.issuer import LocalIssuer, Policy
+    ca = _ca(args)
+    issuing, _ = ca.issuing()  # asks for the passphrase now, not at the first request
+    root = ca.root()
+    folder = _est_dir(args)
+    if args.cert:
+        if not args.key:
+            raise CLIError("--cert needs --key")
+        crt, key = args.cert, args.key
+    else:
+        crt, key = _server_identity(ca, folder, args.name or ["localhost", args.host])
+    clients = os.path.join(folder, "client-cas.pem")
+    with open(clients, "wb") as f:
+        f.write(pem(issuing) + pem(root))
+        for path in args.factory_ca or ():
+            f.write(read_file(path, "--factory-ca file"))
+    try:
+        policy = Policy(args.allow or ["{id}"], args.days)
+    except ValueError as e:
+        raise CLIError(str(e))
+    est = EST(LocalIssuer(ca), policy, crt, key, clients,
+              [c.public_bytes(serialization.Encoding.DER) for c in (issuing, root)],
+              Secrets(os.path.join(folder, "secrets.json")), args.max_csr)
+    try:
+        host, port = est.serve(args.host, args.port)
+    except OSError as e:
+        raise CLIError("cannot listen on %s:%d: %s" % (args.host, args.port, e))
+    print("serving EST on https://%s:%d%s (names: %s; %d days)" % (
+        host, port, "/.well-known/est", ", ".join(policy.names), policy.days), flush=True)
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=est.shutdown).start())
+    est.serve_forever()
+
+
 def _passphrase_args(p):
     p.add_argument("--passphrase-file", help="file holding the CA key passphrase (else $%s or a prompt)"
                    % PASSPHRASE_ENV)
@@ -157,6 +250,35 @@ def register(sub):
     q.add_argument("--key-type", choices=ca_mod.KINDS, default="ec")
     q.add_argument("--org", help="organisation name in the CSR")
     q.set_defaults(func=run_csr)
+
+    q = csub.add_parser("sign", help="sign a device's CSR (PKCS#10, PEM or DER) by hand")
+    q.add_argument("--csr", required=True, help="the CSR file")
+    q.add_argument("--days", type=int, default=DEVICE_DAYS_SIGN, help="validity in days (default %(default)s)")
+    q.add_argument("--allow", action="append", metavar="PATTERN",
+                   help="names the CSR may carry (shell pattern, repeatable; default: any)")
+    q.add_argument("--out", help="write the chain (leaf, issuing CA) as PEM here (default: stdout)")
+    _passphrase_args(q)
+    q.set_defaults(func=run_sign)
+
+    q = csub.add_parser("serve", help="EST server (RFC 7030): devices enroll and renew over mutual TLS")
+    q.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    q.add_argument("--port", type=int, default=8443, help="port (default %(default)s; 0: any free port)")
+    q.add_argument("--allow", action="append", metavar="PATTERN",
+                   help="names a device may ask for, {id} = its device id (repeatable; default {id})")
+    q.add_argument("--days", type=int, default=30, help="certificate lifetime in days (default %(default)s)")
+    q.add_argument("--max-csr", type=int, default=4096, help="largest CSR accepted, bytes (default %(default)s)")
+    q.add_argument("--factory-ca", action="append", metavar="PEM",
+                   help="CA of factory identities that may enroll (repeatable)")
+    q.add_argument("--name", action="append", help="DNS name or IP in the server certificate (default localhost, --host)")
+    q.add_argument("--cert", help="server certificate chain PEM instead of one issued by the CA")
+    q.add_argument("--key", help="its private key PEM")
+    _passphrase_args(q)
+    q.set_defaults(func=run_serve)
+
+    q = csub.add_parser("secret", help="one-time enrollment secret for a device (printed once)")
+    q.add_argument("--device-id", required=True)
+    q.add_argument("--hours", type=float, default=24, help="valid for (default %(default)s hours)")
+    q.set_defaults(func=run_secret)
 
     q = csub.add_parser("import", help="store the certificate an external CA signed for a device")
     q.add_argument("--device-id", required=True)

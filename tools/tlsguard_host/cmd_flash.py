@@ -63,6 +63,54 @@ except OSError:
 """
 
 
+# Board code for --enroll: the board makes its key (kept in the staging folder, committed by the
+# store with the certificate) and prints only the CSR.
+_KEYGEN = """
+import binascii
+from tlsguard.ecdsa import PrivateKey
+from tlsguard import csr
+_k = PrivateKey.generate()
+with open(%(key)r, "wb") as _f:
+    _f.write(_k.der())
+print("CSR " + binascii.b2a_base64(csr.build(_k, %(cn)r, %(sans)r)).decode().strip())
+del _k
+"""
+
+
+def _enroll(board, args):
+    """The factory flow: CSR out over the REPL, certificate in; the key never leaves the board."""
+    import base64
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tlsguard_host.ca import PrivateCA
+    from tlsguard_host.certfile import pem
+    from tlsguard_host.cmd_ca import passphrase
+    from tlsguard_host.issuer import IssueError, LocalIssuer, Policy
+    out = board.exec(_KEYGEN % {"key": STAGE + "/identity.key", "cn": args.device, "sans": args.san or []},
+                     "making the device key and CSR on the board")
+    lines = [line[4:] for line in out.splitlines() if line.startswith("CSR ")]
+    if not lines:
+        raise CLIError("the board printed no CSR: %s" % out.strip()[-300:])
+    csr = base64.b64decode(lines[-1])
+    ca = PrivateCA(args.ca_dir, passphrase(args))
+    try:
+        # At the bench the operator is the policy: the CN must be the device id, SANs as given.
+        ders = LocalIssuer(ca).issue(csr, Policy(("*",), args.days, device_id=args.device))
+    except IssueError as e:
+        raise CLIError("the CA refused the board's CSR: %s" % e.detail)
+    chain = b"".join(pem(x509.load_der_x509_certificate(d)) for d in ders)
+    board.put(STAGE + "/identity.crt", chain)
+    if board.sha256(STAGE + "/identity.crt") != provision.sha256(chain):
+        raise CLIError("the certificate did not arrive intact on the board (SHA-256 differs): run flash again")
+    leaf = x509.load_der_x509_certificate(ders[0])
+    print("enrolled %s on the board: serial %x, valid to %s (key made on the board; public key %s)" % (
+        args.device, leaf.serial_number, leaf.not_valid_after_utc.date(),
+        leaf.public_key().public_bytes(serialization.Encoding.X962,
+                                       serialization.PublicFormat.CompressedPoint).hex()[:16] + "..."))
+
+
 def _blocks_needed(sizes, block):
     """Blocks littlefs may take for files of these sizes in fresh folders (conservative: one block
     at least per file, two per folder for its metadata pair)."""
@@ -70,6 +118,8 @@ def _blocks_needed(sizes, block):
 
 
 def run(args):
+    if args.enroll and not args.device:
+        raise CLIError("--enroll needs --device ID (the CN the board asks for)")
     payload = provision.collect(args)
     if not payload.files and not payload.creds:
         raise CLIError("nothing to flash")
@@ -93,7 +143,9 @@ def run(args):
         # The library first: the credential commit below runs the new store code.
         board.exec(_INSTALL % {"moves": code, "keep": keep, "package": PACKAGE}, "installing lib/")
         result = None
-        if payload.creds:
+        if args.enroll:
+            _enroll(board, args)
+        if payload.creds or args.enroll:
             result = provision.commit_result(board.exec(
                 provision.commit_code(datetime.datetime.now(datetime.timezone.utc)),
                 "committing the credentials"))
@@ -136,4 +188,11 @@ def register(sub):
     p = sub.add_parser("flash", help="install lib/, boot.py, main.py and credentials on a board")
     p.add_argument("--port", required=True, help="serial port (/dev/ttyUSB0, COM3, socket://host:port)")
     provision.add_arguments(p)
+    p.add_argument("--enroll", action="store_true",
+                   help="with --device: the board makes its own key and CSR, the CA signs it here "
+                        "(the key never leaves the board)")
+    p.add_argument("--san", action="append", metavar="NAME", help="with --enroll: DNS name or IPv4 for the "
+                   "certificate (repeatable)")
+    p.add_argument("--days", type=int, default=90, help="with --enroll: certificate lifetime (default %(default)s)")
+    p.add_argument("--passphrase-file", help="with --enroll: file holding the CA key passphrase")
     p.set_defaults(func=run)

@@ -73,7 +73,8 @@ def credentials(args):
     if args.device:
         from tlsguard_host.ca import PrivateCA
         ca = PrivateCA(args.ca_dir)
-        creds["identity.crt"], creds["identity.key"] = ca.device_files(args.device)
+        if not getattr(args, "enroll", False):  # with --enroll the board makes its key (cmd_flash)
+            creds["identity.crt"], creds["identity.key"] = ca.device_files(args.device)
         if not args.roots and ca.exists:
             args.roots = [ca.path("root.crt")]
     roots = []
