@@ -359,7 +359,7 @@ def test_server_context_blocking_and_asyncio_start_server(mpy, fleet, tmp_path):
 
 ERRORS = """
 import socket, tlsguard
-from tlsguard.server import ServerContext
+from tlsguard import ServerContext
 ident = (open("chain.der", "rb").read(), open("key.der", "rb").read())
 out = []
 def attempt(f):
@@ -373,6 +373,7 @@ attempt(lambda: ServerContext(identity=ident).wrap_socket(socket.socket(), serve
 attempt(lambda: ServerContext(identity=ident, client_ca=b"not a certificate"))
 attempt(lambda: ServerContext(store=tlsguard.CredentialStore("empty")).wrap_socket(socket.socket()))
 attempt(lambda: ServerContext(identity=(ident[0], b"junk")).wrap_socket(socket.socket()))
+attempt(lambda: tlsguard.SecureContext(mode="insecure").wrap_socket(socket.socket(), server_side=True))
 emit(out)
 """
 
@@ -388,6 +389,7 @@ def test_server_context_errors(mpy, tmp_path):
     assert got[2][:2] == ["TLSError", "bad_certificate"] and "client_ca:" in got[2][2]
     assert got[3][:2] == ["TLSError", "bad_certificate"] and "holds no identity to present" in got[3][2]
     assert got[4][:2] == ["TLSError", "bad_certificate"] and "identity (certificate/key) rejected" in got[4][2]
+    assert got[5][0] == "ValueError" and "serve with tlsguard.ServerContext(store=...)" in got[5][2]
 
 
 def test_readme_server_example(tmp_path, fleet):

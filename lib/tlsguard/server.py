@@ -3,7 +3,7 @@ active identity with its intermediates, taken again whenever the store switches 
 connections get the new certificate, no restart); optionally requires client certificates from an
 operator CA; turns a failed handshake into a TLSError that says which side refused what."""
 from tlsguard import platform
-from tlsguard.context import pem_blocks
+from tlsguard.context import ca_certs, pem_blocks
 from tlsguard.errors import TLSError
 from tlsguard.handshake import Handshake
 from tlsguard.tlssocket import TLSSocket, _close
@@ -59,14 +59,7 @@ class ServerContext:
             for block in pem_blocks(identity[0]):
                 chain += _split_der(block)  # DER certificates may come concatenated
             self._given = (chain, pem_blocks(identity[1])[0])
-        self.client_ca = []
-        for item in (client_ca if isinstance(client_ca, (list, tuple)) else [client_ca] if client_ca else []):
-            for der in pem_blocks(item):
-                try:
-                    Certificate(der)
-                except ValueError as e:
-                    raise TLSError("bad_certificate", "client_ca: %s" % e)
-                self.client_ca.append(der)
+        self.client_ca = ca_certs(client_ca, "client_ca") if client_ca else []
         self.ciphers = ciphers
         self._tls = None
         self._gen = None
