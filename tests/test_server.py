@@ -424,3 +424,57 @@ def test_readme_server_example(tmp_path, fleet):
     finally:
         proc.kill()
         proc.wait()
+
+
+HANDLERS = """
+import asyncio
+from tlsguard import HTTPServer, ServerContext
+ctx = ServerContext(identity=(open("chain.der", "rb").read(), open("key.der", "rb").read()))
+
+def broken(req):
+    return 1 // 0
+
+async def slow_ok(req):
+    await asyncio.sleep_ms(10)
+    return 200, "text/plain", "async %s %s\\n" % (req.method, req.query)
+
+async def main():
+    srv = HTTPServer(ctx, log=lambda line: print("LOG", line))
+    srv.route("/broken", broken)
+    srv.route("/async", slow_ok)
+    await srv.start("127.0.0.1", 0)
+    print("PORT", srv.port)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_handler_failure_is_a_500_and_keep_alive(tmp_path, mpy):
+    """A handler that raises answers 500 (the cause only in the device log); coroutine handlers,
+    HEAD and several requests on one kept-alive connection work."""
+    import subprocess as sp
+
+    import pki
+    from conftest import MICROPYTHON
+    root = pki.CA("handler root")
+    leaf = root.issue(("localhost",))
+    (tmp_path / "root.pem").write_bytes(root.pem)
+    for name, data in (("chain.der", leaf.der), ("key.der", leaf.key_der), ("_t.py", HANDLERS.encode())):
+        (tmp_path / name).write_bytes(data)
+    proc = sp.Popen([MICROPYTHON, "_t.py"], cwd=str(tmp_path), env=mpy.env(), stdout=sp.PIPE, stderr=sp.STDOUT,
+                    text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        base = "https://localhost:%s" % line.split()[1]
+        r = curl("--cacert", tmp_path / "root.pem", "-w", "%{http_code}", base + "/broken")
+        assert r.stdout == "internal error\n500"
+        r = curl("--cacert", tmp_path / "root.pem", "-w", "%{num_connects}\n", base + "/async?a=1", base + "/async?b=2")
+        assert r.stdout == "async GET a=1\n1\nasync GET b=2\n0\n", r.stdout + r.stderr  # one connection
+        r = curl("--cacert", tmp_path / "root.pem", "-I", base + "/async")
+        assert r.stdout.startswith("HTTP/1.1 200 OK") and "Content-Length: 12" in r.stdout  # HEAD: no body
+        assert "LOG GET /broken: handler failed: ZeroDivisionError" in proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait()
