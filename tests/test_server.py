@@ -181,6 +181,8 @@ ATTACKS = [
      b"Content-Length: 4\r\n\r\n0\r\n\r\n", 501, "no Transfer-Encoding"),
     ("bare CR in a header", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\rSet-Cookie: x=1\r\n\r\n", 400,
      "control character or space 0x0d"),
+    ("non-UTF-8 header", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: \xff\xfe\r\n\r\n", 400,
+     "header field x-a is not UTF-8"),
     ("bare LF line ends", b"GET / HTTP/1.1\nHost: localhost\n\n", 400, "bare LF"),
     ("header folding", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\r\n  folded\r\n\r\n", 400, "no folding"),
     ("space before colon", b"GET / HTTP/1.1\r\nHost : localhost\r\n\r\n", 400, "malformed header field"),
@@ -478,3 +480,20 @@ def test_handler_failure_is_a_500_and_keep_alive(tmp_path, mpy):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_operator_pins_narrow_the_operator_ca(tmp_path, fleet):
+    """With `operators` listed, a certificate from the operator CA whose key is not listed is
+    refused the configuration (403) although its handshake succeeds."""
+    import pki
+    other = fleet.operator_ca.issue(("operator-2",), cn="operator-2", client=True, server=False)
+    crt, key = other.write(tmp_path, "operator-2")
+    board = WebBoard(tmp_path / "board", fleet, extra={"operators": [pki.spki_pin(fleet.operator["issued"].cert)]})
+    try:
+        url = "https://localhost:%d/config" % board.operator_port
+        r = curl("--cacert", fleet.root_pem, "--cert", crt, "--key", key, "-w", "%{http_code}", url)
+        assert r.stdout == "certificate 'CN=operator-2,O=tlsguard tests' is not one of this device's operators\n403"
+        r = curl("--cacert", fleet.root_pem, "--cert", fleet.operator["cert"], "--key", fleet.operator["key"], url)
+        assert json.loads(r.stdout).keys() == {"label", "interval"}
+    finally:
+        board.stop()

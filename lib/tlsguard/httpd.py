@@ -131,7 +131,10 @@ class _Reader:
             name = name.decode().lower()
             if name in req.headers and name in ("content-length", "host", "transfer-encoding"):
                 raise HTTPError(400, "duplicate %s header" % name)
-            req.headers[name] = value.strip(b" \t").decode("utf-8", "replace")
+            try:
+                req.headers[name] = value.strip(b" \t").decode()
+            except UnicodeError:
+                raise HTTPError(400, "header field %s is not UTF-8" % name)
         h = req.headers
         if req.version == "HTTP/1.1" and "host" not in h:
             raise HTTPError(400, "HTTP/1.1 request without Host")
