@@ -5,6 +5,7 @@ Every path a user can hit is played: refused enrollment, reused secret, names th
 allow, a refused renewal, a renewal whose certificate the server does not accept (rolled back),
 CA unreachable, clock unset, CSR too big, flash full."""
 import binascii
+import contextlib
 import json
 import os
 import re
@@ -80,6 +81,12 @@ class ESTServer:
         self.proc.stdout.close()
         self.errfile.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
@@ -91,16 +98,10 @@ def fleet(tmp_path_factory):
 
 @pytest.fixture
 def est_server(fleet):
-    started = []
-
-    def start(*args):
-        s = ESTServer(fleet, *(args or ("--allow", "{id}", "--allow", "{id}.local")))
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    """start(*serve_args) -> ESTServer; all stopped at the end of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda *args: stack.enter_context(
+            ESTServer(fleet, *(args or ("--allow", "{id}", "--allow", "{id}.local"))))
 
 
 @pytest.fixture
@@ -191,6 +192,9 @@ def test_curl_enrolls_and_openssl_reads_the_reply(fleet, est_server, tmp_path):
     assert b"Issuing CA" in p7.stdout
     r = subprocess.run(cmd + ["-H", "Authorization: Bearer wrong"], capture_output=True)
     assert b"unknown, used or expired enrollment secret" in r.stdout
+    # HTTP Basic (user: the device id, password: the secret) works as well.
+    r = subprocess.run(cmd + ["-u", "dev-c:" + secret(fleet, "dev-c")], capture_output=True)
+    assert r.returncode == 0 and b"MII" in r.stdout, r.stdout + r.stderr
 
 
 def test_enroll_and_renew_in_a_192k_heap(fleet, est_server, device, tmp_path):
