@@ -2,7 +2,8 @@
 # Prepares a fresh machine: Debian packages the tests use, then the local venv from pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEBS="openssl faketime chrony mosquitto socat valgrind stress-ng curl chromium libnss3-tools"
+# chromium, libnss3-tools (certutil) and a font: the browser tests render the device's page.
+DEBS="openssl faketime chrony mosquitto socat valgrind stress-ng curl chromium libnss3-tools fonts-dejavu-core"
 missing=""
 for p in $DEBS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
