@@ -297,7 +297,8 @@ class WebUI:
         self.operator_port = https.get("operator_port", 8443)
         try:
             with open(self.settings_path) as f:
-                device.cfg.update(json.load(f))
+                saved = json.load(f)
+            device.cfg.update({k: saved[k] for k in self.SETTINGS if k in saved})
         except (OSError, ValueError):
             pass
 
