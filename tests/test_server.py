@@ -497,3 +497,17 @@ def test_operator_pins_narrow_the_operator_ca(tmp_path, fleet):
         assert json.loads(r.stdout).keys() == {"label", "interval"}
     finally:
         board.stop()
+
+
+def test_saved_settings_survive_a_restart(tmp_path, fleet):
+    """settings.json (written by POST /config) is read at start; only settable keys are taken."""
+    folder = tmp_path / "board"
+    folder.mkdir()
+    (folder / "settings.json").write_text(json.dumps({"label": "attic", "broker": {"host": "evil", "port": 1}}))
+    board = WebBoard(folder, fleet)
+    try:
+        page = curl("--cacert", fleet.root_pem, "https://localhost:%d/" % board.port).stdout
+        assert "<td>Label</td><td>attic</td>" in page
+        assert board.proc.poll() is None and not any("evil" in line for line in board.lines)
+    finally:
+        board.stop()
