@@ -374,7 +374,8 @@ attempt(lambda: ServerContext())
 attempt(lambda: ServerContext(identity=ident).wrap_socket(socket.socket(), server_side=False))
 attempt(lambda: ServerContext(identity=ident, client_ca=b"not a certificate"))
 attempt(lambda: ServerContext(store=tlsguard.CredentialStore("empty")).wrap_socket(socket.socket()))
-attempt(lambda: ServerContext(identity=(ident[0], b"junk")).wrap_socket(socket.socket()))
+attempt(lambda: ServerContext(identity=(ident[0], b"junk")))
+attempt(lambda: ServerContext(identity=(ident[0], open("other.der", "rb").read())))
 attempt(lambda: tlsguard.SecureContext(mode="insecure").wrap_socket(socket.socket(), server_side=True))
 emit(out)
 """
@@ -383,15 +384,17 @@ emit(out)
 def test_server_context_errors(mpy, tmp_path):
     import pki
     leaf = pki.CA("r").issue(("localhost",))
-    for name, data in (("chain.der", leaf.der), ("key.der", leaf.key_der)):
+    for name, data in (("chain.der", leaf.der), ("key.der", leaf.key_der), ("other.der", pki.key_der(pki.new_key()))):
         (tmp_path / name).write_bytes(data)
     got = mpy.value(ERRORS)
     assert got[0][0] == "ValueError" and "needs an identity to present" in got[0][2]
     assert got[1][0] == "ValueError" and "server-side only: use SecureContext for clients" in got[1][2]
     assert got[2][:2] == ["TLSError", "bad_certificate"] and "client_ca:" in got[2][2]
     assert got[3][:2] == ["TLSError", "bad_certificate"] and "holds no identity to present" in got[3][2]
-    assert got[4][:2] == ["TLSError", "bad_certificate"] and "identity (certificate/key) rejected" in got[4][2]
-    assert got[5][0] == "ValueError" and "serve with tlsguard.ServerContext(store=...)" in got[5][2]
+    assert got[4][:2] == ["TLSError", "bad_certificate"] and "identity: DER: " in got[4][2]
+    assert got[5][:2] == ["TLSError", "bad_certificate"]
+    assert "identity: the private key does not belong to certificate 'CN=localhost" in got[5][2]
+    assert got[6][0] == "ValueError" and "serve with tlsguard.ServerContext(store=...)" in got[6][2]
 
 
 def test_readme_server_example(tmp_path, fleet):

@@ -58,7 +58,15 @@ class ServerContext:
             chain = []
             for block in pem_blocks(identity[0]):
                 chain += _split_der(block)  # DER certificates may come concatenated
-            self._given = (chain, pem_blocks(identity[1])[0])
+            key = pem_blocks(identity[1])[0]
+            from tlsguard import keypair
+            try:
+                # mbedTLS does not check the pair: a wrong key would fail every handshake, seen
+                # by clients as a bad signature and by the device as clients refusing it.
+                keypair.check(key, Certificate(chain[0]))
+            except ValueError as e:
+                raise TLSError("bad_certificate", "identity: %s" % e)
+            self._given = (chain, key)
         self.client_ca = ca_certs(client_ca, "client_ca") if client_ca else []
         self.ciphers = ciphers
         self._tls = None  # the shared mbedTLS context (none with client_ca)
