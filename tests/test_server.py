@@ -514,3 +514,51 @@ def test_saved_settings_survive_a_restart(tmp_path, fleet):
         assert board.proc.poll() is None and not any("evil" in line for line in board.lines)
     finally:
         board.stop()
+
+
+SMALL = """
+import asyncio, gc
+from tlsguard import HTTPServer, ServerContext
+ctx = ServerContext(identity=(open("chain.der", "rb").read(), open("key.der", "rb").read()))
+
+async def main():
+    srv = HTTPServer(ctx)
+    srv.route("/", lambda req: (200, "text/plain", "ok\\n"))
+    await srv.start("127.0.0.1", 0)
+    print("PORT", srv.port)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_mpy_build_serves_in_a_128k_heap(tmp_path):
+    """The .mpy build serves HTTPS (chain presented, one request per connection) again and again within
+    `-X heapsize=128k` on this 64-bit port (objects about twice an ESP32's)."""
+    import subprocess as sp
+
+    import pki
+    from conftest import MICROPYTHON
+    from fakeboard import TLSGUARD
+    out = tmp_path / "mpy"
+    r = sp.run([TLSGUARD, "mpy", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    root = pki.CA("small root")
+    leaf = root.intermediate("small issuing").issue(("localhost",))
+    (tmp_path / "root.pem").write_bytes(root.pem)
+    for name, data in (("chain.der", leaf.der + leaf.parents[0].der), ("key.der", leaf.key_der), ("_t.py", SMALL.encode())):
+        (tmp_path / name).write_bytes(data)
+    env = dict(__import__("os").environ, MICROPYPATH=".frozen:" + str(out))
+    proc = sp.Popen([MICROPYTHON, "-X", "heapsize=128k", "_t.py"], cwd=str(tmp_path), env=env, stdout=sp.PIPE,
+                    stderr=sp.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PORT "), line
+        url = "https://localhost:%s/" % line.split()[1]
+        for _ in range(15):
+            r = curl("--cacert", tmp_path / "root.pem", "-H", "Connection: close", url)
+            assert r.stdout == "ok\n", r.stderr
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
