@@ -562,3 +562,21 @@ def test_mpy_build_serves_in_a_128k_heap(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_unset_clock_diagnosed_for_operator_certificates(tmp_path, fleet):
+    """A board whose clock still reads 2000-01-01 (no NTP yet) serves its page (the browser
+    checks the dates, not the device) but cannot judge an operator's certificate: it says so."""
+    from ntp_servers import faketime_env
+    board = WebBoard(tmp_path / "board", fleet, env=faketime_env(tmp_path))
+    try:
+        r = curl("--cacert", fleet.root_pem, "https://localhost:%d/" % board.port)
+        assert r.returncode == 0 and "<h1>%s</h1>" % DEVICE in r.stdout
+        mark = len(board.lines)
+        r = curl("--cacert", fleet.root_pem, "--cert", fleet.operator["cert"], "--key", fleet.operator["key"],
+                 "https://localhost:%d/config" % board.operator_port)
+        assert r.returncode != 0 and r.stdout == ""
+        line = board.wait_log(r"TLS clock_unset.*", after=mark).group(0)
+        assert "device clock reads 2000-01-01" in line and "sync time first" in line
+    finally:
+        board.stop()
