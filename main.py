@@ -11,10 +11,11 @@ arrive on devices/<id>/credentials (the next connection uses them). Reads config
 messages / max_failures: stop after that many messages sent / consecutive failed connections
 (0: never; a board runs forever).
 "https": {"port": 443, "operator_port": 8443, "operator_ca": "certs/operator-ca.der",
- "operators": ["sha256/..."], "settings": "settings.json"} serves the device's pages (WebUI) with the
-credential store's identity: the status page to anyone, /config only on the operator port, whose
-clients must present a certificate from operator_ca (and, if listed, with one of the operators'
-SPKI pins). Without "broker" only the pages are served; with both, the pages run in a thread."""
+ "operators": ["sha256/..."], "settings": "settings.json", "timeout": 10, "max_connections": 4}
+serves the device's pages (WebUI) with the credential store's identity: the status page to anyone,
+/config and /credentials only on the operator port, whose clients must present a certificate from
+operator_ca (and, if listed, with one of the operators' SPKI pins). Without "broker" only the pages
+are served; with both, the pages run in a thread."""
 import gc
 import json
 import select
@@ -382,7 +383,8 @@ class WebUI:
             servers.append((self.operator, self.operator_port))
         for ctx, port in servers:
             srv = HTTPServer(ctx, timeout=self.https.get("timeout", 10), log=lambda line: log("https:", line),
-                             max_body=8192 if ctx.client_ca else 2048)
+                             max_body=8192 if ctx.client_ca else 2048,
+                             max_connections=self.https.get("max_connections", 4))
             srv.route("/", self.status)
             srv.route("/config", self.config, ("GET", "POST"))
             srv.route("/credentials", self.credentials, ("POST",))
