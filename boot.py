@@ -1,7 +1,8 @@
 """Runs first at every start of a board: Wi-Fi from wifi.json ({"ssid": ..., "password": ...})
 when the port has a network module (the unix port has none: skipped there), then the clock from
 NTP when it is below the sane floor (an ESP32 starts at 2000-01-01 after power-on), using the
-time_servers of config.json. main.py runs next; its SecureContext syncs again if this failed."""
+time_servers of config.json (default: three pool.ntp.org servers, so that no single server can
+make a critical step alone). main.py runs next; its SecureContext syncs again if this failed."""
 import json
 import time
 
@@ -33,17 +34,16 @@ def sync_clock(path="config.json"):
     # Imported here so a board without config.json still boots to the REPL.
     import tlsguard
     from tlsguard import clock
+    if clock.now_us() // 1000000 >= tlsguard.clock_floor():
+        print("boot: clock %s" % tlsguard.platform.date(clock.now_us() // 1000000))
+        return
+    from tlsguard import timesync
     try:
         with open(path) as f:
             servers = json.load(f).get("time_servers")
     except (OSError, ValueError):
         servers = None
-    if clock.now_us() // 1000000 >= tlsguard.clock_floor():
-        print("boot: clock %s" % tlsguard.platform.date(clock.now_us() // 1000000))
-        return
-    if not servers:
-        print("boot: clock unset and no time_servers in %s" % path)
-        return
+    servers = servers or timesync.DEFAULT_SERVERS
     try:
         offset = tlsguard.sync_time(servers=servers)
         print("boot: clock set from NTP (stepped %d s), now %s"

@@ -2,11 +2,13 @@
 tlsguard. Connects to the broker (CA or trust bundle, pins, the device certificate from the
 credential store), prints the verified peer, publishes telemetry, reconnects with backoff after any
 failure (TLS errors logged with their kind and hint), and applies credential update packages that
-arrive on devices/<id>/credentials (the next connection uses them). Reads config.json:
+arrive on devices/<id>/credentials, signed with the device's package key and bound to its id (the
+next connection uses them; without a package_key no update is accepted). Reads config.json:
 {"device_id": "sensor-1", "broker": {"host": "mqtt.example.com", "port": 8883},
  "ca": "certs/ca.der" and/or "bundle": "certs/roots.bin", "pins": {"host": ["sha256/..."]},
  "identity": ["certs/device.crt", "certs/device.key"], "store": "store",
- "package_key": "<hex HMAC key>", "time_servers": ["pool.ntp.org"],
+ "package_key": "<hex, 16+ bytes>",
+ "time_servers": ["0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org"],
  "interval": 10, "backoff": [1, 60], "messages": 0, "max_failures": 0}
 messages / max_failures: stop after that many messages sent / consecutive failed connections
 (0: never; a board runs forever).
@@ -162,9 +164,11 @@ def make_context(cfg, store):
     if cfg.get("identity"):
         identity = (read(cfg["identity"][0]), read(cfg["identity"][1]))
     trust = tlsguard.TrustStore(cfg["bundle"]) if cfg.get("bundle") else None
+    from tlsguard.timesync import DEFAULT_SERVERS
+    # Several independent servers: a step past a pin expiry needs two of them to agree.
     return tlsguard.SecureContext(cadata=read(cfg["ca"]) if cfg.get("ca") else None, trust=trust,
                                   pins=cfg.get("pins"), identity=identity, store=store,
-                                  time_servers=cfg.get("time_servers"))
+                                  time_servers=cfg.get("time_servers") or DEFAULT_SERVERS)
 
 
 def show_peer(sock, host, port):
@@ -184,6 +188,21 @@ def log_tls_error(e, host, port):
     log("  hint: %s" % e.hint)
 
 
+def package_key(cfg):
+    """The key update packages must be signed with, or None: then no update is accepted."""
+    if not cfg.get("store"):
+        return None
+    try:
+        import binascii
+        key = binascii.unhexlify(cfg.get("package_key") or "")
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        log("credential updates disabled: config.json needs package_key, at least 16 bytes as hex")
+        return None
+    return key
+
+
 class Device:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -191,19 +210,16 @@ class Device:
         self.store = tlsguard.CredentialStore(cfg["store"]) if cfg.get("store") else None
         if self.store is not None:
             log("credentials: %s" % "; ".join(self.store.report))
-        self.key = None
-        if cfg.get("package_key"):
-            import binascii
-            self.key = binascii.unhexlify(cfg["package_key"])
+        self.key = package_key(cfg)
         self.ctx = make_context(cfg, self.store)
         self.sent = 0
         self.rotated = False
 
     def on_message(self, topic, msg):
-        if not topic.endswith("/credentials") or self.store is None:
+        if not topic.endswith("/credentials") or self.store is None or self.key is None:
             return
         try:
-            version = self.store.apply(msg, key=self.key)
+            version = self.store.apply(msg, key=self.key, device=self.id)
             self.store.activate()
         except ValueError as e:  # StoreError: refused package, store unchanged
             log("credential package refused: %s" % e)
@@ -219,7 +235,7 @@ class Device:
         try:
             c.connect()
             show_peer(c.sock, host, port)
-            if self.store is not None:
+            if self.store is not None and self.key is not None:
                 c.subscribe("devices/%s/credentials" % self.id)
             interval_ms = int(self.cfg.get("interval", 10) * 1000)
             budget = self.cfg.get("messages", 0)

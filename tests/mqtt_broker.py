@@ -243,8 +243,6 @@ import pytest  # noqa: E402
 
 import pki  # noqa: E402
 
-MPYLIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "mpylib")
-
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):

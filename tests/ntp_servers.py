@@ -12,6 +12,8 @@ import sysconfig
 import threading
 import time
 
+import pytest
+
 from servers import stop_process
 
 NTP_1970 = 2208988800
@@ -134,10 +136,10 @@ class Chrony:
 
 
 def reply(request, now, stratum=2, leap=0, version=4, mode=4, refid=b"HOST", origin=None,
-          receive=None, transmit=None):
+          receive=None, transmit=None, root_delay=0.0, root_disp=0.0):
     """A server reply to `request` with the host clock `now`; keywords make it bad."""
     head = struct.pack(">BBbb", leap << 6 | version << 3 | mode, stratum, 6, -20)
-    head += struct.pack(">II", 0, 0) + refid
+    head += struct.pack(">iI", int(root_delay * 65536), int(root_disp * 65536)) + refid
     return (head + ntp_stamp(now - 16) + (request[40:48] if origin is None else origin)
             + (ntp_stamp(now) if receive is None else receive)
             + (ntp_stamp(now + 0.00001) if transmit is None else transmit))
@@ -166,6 +168,8 @@ BEHAVIOURS = {
     "past": lambda req, now: reply(req, now - 30 * 365 * 86400),
     "future": lambda req, now: reply(req, now + 60 * 365 * 86400),
     "other_port": lambda req, now: reply(req, now),
+    # RFC 5905 root distance = root delay / 2 + root dispersion = 1.0 + 0.6 s, over 1.5 s
+    "far_root": lambda req, now: reply(req, now, root_delay=2.0, root_disp=0.6),
     "silent": None,
     "stale": None,
 }
@@ -283,3 +287,26 @@ class ClockObserver:
 
     def close(self):
         self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def chrony(tmp_path_factory):
+    """chronyd for the tests of one module (import this fixture into the module)."""
+    c = Chrony(tmp_path_factory.mktemp("chrony"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def hostile():
+    """hostile(behaviour, **kw) -> a HostileNTP; all closed after the test."""
+    started = []
+
+    def start(behaviour="good", **kw):
+        s = HostileNTP(behaviour, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()

@@ -142,3 +142,43 @@ class ClosedPort:
 
     def close(self):
         self.sock.close()
+
+
+class HTTPServer:
+    """http.server `handler` in a thread on 127.0.0.1:<port>; HTTPS when given a certificate
+    (`client_ca`, a PEM path: a client certificate from it is required)."""
+
+    def __init__(self, handler, certfile=None, keyfile=None, client_ca=None):
+        import http.server
+        import ssl
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        if certfile:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certfile, keyfile)
+            if client_ca:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(client_ca)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def started(factory):
+    """Body of a fixture handing out start(*args) -> factory(*args); closes all it started
+    (`yield from started(Factory)`)."""
+    objs = []
+
+    def start(*args, **kw):
+        objs.append(factory(*args, **kw))
+        return objs[-1]
+
+    try:
+        yield start
+    finally:
+        for obj in objs:
+            obj.close()

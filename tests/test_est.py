@@ -229,7 +229,7 @@ def test_enrollment_without_credentials_is_refused(est_server, device):
     r = device("enroll", srv.url, cn="dev-3")
     assert not r["ok"] and r["kind"] == "refused"
     assert "answered 401: enrollment needs a client certificate or a valid one-time secret" in r["detail"]
-    assert r["version"] == 1 and r["cert"] is None and r["files"] == ["1.roots", "manifest.json"]
+    assert r["version"] == 1 and r["cert"] is None and r["files"] == ["1.roots", "manifest.json", "versions"]
 
 
 def test_names_outside_the_policy_are_refused(fleet, est_server, device):
@@ -390,13 +390,13 @@ store.stage(1, roots=[%r])
 store.activate()
 """ % root.public_bytes(serialization.Encoding.DER)
     report = "\nimport os\nemit([store.version, sorted(os.listdir('certs'))])\n"
-    assert mpy.value("import tlsguard\n" + setup + code + report) == [2, ["1.roots", "2.crt", "2.key", "manifest.json"]]
+    assert mpy.value("import tlsguard\n" + setup + code + report) == [2, ["1.roots", "2.crt", "2.key", "manifest.json", "versions"]]
     # Run again at once: the certificate is new, nothing is due.
     assert mpy.value(code + report)[0] == 2
     # 25 days on (of 30), it is due: a new key and certificate, the old key gone.
     import datetime
     later = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=25)).strftime("%Y-%m-%d %H:%M:%S")
-    assert mpy.value(code + report, env=faketime_env(tmp_path, later)) == [3, ["1.roots", "3.crt", "3.key", "manifest.json"]]
+    assert mpy.value(code + report, env=faketime_env(tmp_path, later)) == [3, ["1.roots", "3.crt", "3.key", "manifest.json", "versions"]]
     assert "simplereenroll sensor-12 (certificate): issued" in srv.log()
 
 

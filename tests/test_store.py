@@ -1,13 +1,13 @@
 """CredentialStore on the unix port: staging checks, switching, trial and rollback, boot repair,
 update packages; and SecureContext(store=) against real servers (mTLS, root migration)."""
 import hashlib
-import hmac
 import json
 import os
 
 import pytest
 
 import ntp_servers
+import packages
 import pki
 from conftest import pyrepr
 
@@ -66,24 +66,13 @@ emit(summary(st))
 """ % (version, identity_expr(device), pyrepr(root_ca.der), pin))
 
 
-def build_package(version, files, key=None, remove=()):
-    """The package format, written independently of the device code."""
-    header = json.dumps({"version": version, "remove": list(remove),
-                         "files": [[k, len(d), hashlib.sha256(d).hexdigest()] for k, d in files]}).encode()
-    blob = (b"TGPK" + bytes([1, 1 if key else 0]) + len(header).to_bytes(2, "big") + header
-            + b"".join(d for _, d in files))
-    if key:
-        blob += hmac.new(key, blob, "sha256").digest()
-    return blob
-
-
 # ---- staging, switching, boot ------------------------------------------------------------
 
 
 def test_first_set_is_active_and_survives_restart(mpy, device, root_ca):
     r = seed(mpy, device, root_ca)
     assert r["version"] == 1 and r["trial"] is False  # nothing to roll back to: no trial
-    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json", "versions"]
     r = run(mpy, 'emit(summary(CredentialStore("certs")))')
     assert r["status"] == "ok" and r["version"] == 1 and r["report"] == ["version 1 loaded"]
     assert r["identity"] == [1, len(device.der), len(device.key_der)]
@@ -107,7 +96,7 @@ st.activate()
 emit(summary(st))
 """ % identity_expr(renewed))
     assert r["version"] == 2 and r["trial"] is True
-    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "2.crt", "2.key", "manifest.json"]
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "2.crt", "2.key", "manifest.json", "versions"]
     r = run(mpy, """
 st = CredentialStore("certs")
 s = summary(st)
@@ -134,7 +123,7 @@ st.confirm()
 emit(summary(st))
 """ % (pyrepr(root_ca.der), pyrepr(new_root.pem)))
     # Only the roots were written again; the identity, pins and bundle files are shared.
-    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "2.roots", "manifest.json"]
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "2.roots", "manifest.json", "versions"]
     r = run(mpy, 'emit(summary(CredentialStore("certs")))')
     assert r["status"] == "ok" and r["version"] == 2 and r["trial"] is False and r["roots"] == 2
     assert r["identity"] is not None and r["bundle"] == "certs/1.bundle"
@@ -159,21 +148,32 @@ emit(s)
                          "msg": "no_previous: there is no previous set to roll back to"}
 
 
-def test_trial_rolls_back_after_max_failures(mpy, device, root_ca):
+def test_trial_rolls_back_after_max_failures(mpy, device, root_ca, client_ca):
     seed(mpy, device, root_ca)
+    renewed = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
     r = run(mpy, """
 st = CredentialStore("certs", max_failures=3)
 seen = []
 st.on_change = lambda s: seen.append(s.version)
 st.stage(version=2, pins={})
 st.activate()
-out = [st.handshake_failed() for i in range(3)]
-emit({"out": out, "seen": seen, "gen": st.generation, "s": summary(st)})
-""")
+# A set that kept the identity cannot be what a server refuses; one that also changed whom the
+# device trusts is never rolled back on an unauthenticated refusal: neither counts.
+kept = [st.handshake_failed("refused") for i in range(3)]
+st.stage(version=3, identity=%s, pins={"x.example": ["sha256/%s="] * 2})
+st.activate()
+kept += [st.handshake_failed("refused") for i in range(3)]
+st.stage(version=4, identity=%s)
+st.activate()
+out = [st.handshake_failed("refused") for i in range(3)]
+emit({"kept": kept, "out": out, "seen": seen, "gen": st.generation, "s": summary(st)})
+""" % (identity_expr(renewed), "A" * 43, identity_expr(renewed)))
+    assert r["kept"] == [False] * 6
     assert r["out"] == [False, False, True]
-    assert r["seen"] == [2, 1] and r["gen"] == 2
-    assert r["s"]["version"] == 1 and r["s"]["status"] == "rolled_back"
-    assert r["s"]["report"][-1] == "version 2 rolled back to version 1: 3 failed handshakes on trial"
+    assert r["s"]["report"][-2] == "version 4 refused (3 of 3): refused"
+    assert r["seen"] == [2, 3, 4, 3] and r["gen"] == 4
+    assert r["s"]["version"] == 3 and r["s"]["status"] == "rolled_back"
+    assert r["s"]["report"][-1] == "version 4 rolled back to version 3: 3 failed handshakes on trial"
 
 
 def test_boot_falls_back_when_a_file_does_not_match(mpy, device, root_ca):
@@ -242,7 +242,7 @@ st.activate(); st.confirm()
 emit(summary(CredentialStore("certs")))
 """)
     assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "7.notes", "manifest.json",
-                          "roots.bin", "roots.bin.hosts"]
+                          "roots.bin", "roots.bin.hosts", "versions"]
 
 
 def test_stage_refused_while_the_clock_is_unset(mpy, device, root_ca, tmp_path):
@@ -268,7 +268,7 @@ emit(r)
 
 def assert_untouched(r):
     assert r["version"] == 1
-    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json", "versions"]
 
 
 def test_reject_corrupt_certificate(mpy, device, root_ca):
@@ -362,17 +362,18 @@ def test_signed_package_applies_and_replay_is_refused(mpy, device, root_ca, clie
     renewed = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
     new_root = pki.CA("tlsguard new root")
     bundle = make_bundle(root_ca, new_root)
-    blob = build_package(7, [("crt", renewed.chain_pem()), ("key", renewed.key_der),
-                             ("roots", root_ca.der + new_root.der), ("bundle", bundle)], key=KEY,
-                         remove=["pins"])
+    blob = packages.build(7, [("crt", renewed.chain_pem()), ("key", renewed.key_der),
+                              ("roots", root_ca.der + new_root.der), ("bundle", bundle)], key=KEY,
+                          remove=["pins"])
+    assert renewed.key_der not in blob  # the private key travels encrypted
     write_pkg(mpy, "p7.pkg", blob)
     r = run(mpy, """
 st = CredentialStore("certs")
-r = {"apply": attempt(st.apply, "p7.pkg", key=%r)}
+r = {"apply": attempt(st.apply, "p7.pkg", key=%r, device="device-1")}
 st.activate(); st.confirm()
 r["s"] = summary(st)
-r["replay"] = attempt(st.apply, "p7.pkg", key=%r)
-r["bytes_replay"] = attempt(st.apply, open("p7.pkg", "rb").read(), key=%r)
+r["replay"] = attempt(st.apply, "p7.pkg", key=%r, device="device-1")
+r["bytes_replay"] = attempt(st.apply, open("p7.pkg", "rb").read(), key=%r, device="device-1")
 emit(r)
 """ % (KEY, KEY, KEY))
     assert r["apply"] == {"ok": True, "value": 7}
@@ -380,6 +381,8 @@ emit(r)
     assert r["s"]["identity"] == [1, len(renewed.der), len(renewed.key_der)]
     with open(os.path.join(mpy.cwd, "certs", "7.bundle"), "rb") as f:
         assert f.read() == bundle
+    with open(os.path.join(mpy.cwd, "certs", "7.key"), "rb") as f:
+        assert f.read() == renewed.key_der
     assert r["replay"] == {"ok": False, "kind": "old_version",
                            "msg": "old_version: package version 7 is not newer than 7: an older or replayed update"}
     assert r["bytes_replay"] == r["replay"]
@@ -388,58 +391,63 @@ emit(r)
 def test_package_signature_and_integrity_errors(mpy, device, root_ca):
     seed(mpy, device, root_ca)
     data = make_bundle(root_ca, pki.CA("another root"))
-    blob = build_package(5, [("bundle", data)], key=KEY)
+    blob = packages.build(5, [("bundle", data)], key=KEY)
     tampered = bytearray(blob)
     tampered[200] ^= 1
-    unsigned = build_package(5, [("bundle", data)])
+    unsigned = packages.build(5, [("bundle", data)])
     # A bundle cut short inside a well-formed package: its size and SHA-256 no longer agree.
     half = len(data) // 2
     header = json.dumps({"version": 5, "files": [["bundle", half, hashlib.sha256(data).hexdigest()]]}).encode()
-    cut = b"TGPK\x01\x00" + len(header).to_bytes(2, "big") + header + data[:half]
-    for name, b in (("t", tampered), ("u", unsigned), ("c", cut), ("s", blob[:-40]), ("o", build_package(1, []))):
+    cut = b"TGPK\x02\x00" + len(header).to_bytes(2, "big") + header + data[:half]
+    for name, b in (("t", tampered), ("u", unsigned), ("c", cut), ("s", blob[:-40]),
+                    ("o", packages.build(1, [], key=KEY))):
         write_pkg(mpy, name + ".pkg", b)
     r = run(mpy, """
 st = CredentialStore("certs")
 emit({
-  "wrong_key": attempt(st.apply, %r, key=b"another device's key"),
-  "tampered": attempt(st.apply, "t.pkg", key=%r),
-  "unsigned": attempt(st.apply, "u.pkg", key=%r),
-  "cut": attempt(st.apply, "c.pkg"),
-  "short": attempt(st.apply, "s.pkg", key=%r),
-  "older": attempt(st.apply, "o.pkg"),
-  "garbage": attempt(st.apply, b"hello"),
+  "wrong_key": attempt(st.apply, %r, key=b"another device's key", device="device-1"),
+  "tampered": attempt(st.apply, "t.pkg", key=%r, device="device-1"),
+  "unsigned": attempt(st.apply, "u.pkg", key=%r, device="device-1"),
+  "cut": attempt(st.apply, "c.pkg", allow_unsigned=True),
+  "short": attempt(st.apply, "s.pkg", key=%r, device="device-1"),
+  "older": attempt(st.apply, "o.pkg", key=%r, device="device-1"),
+  "garbage": attempt(st.apply, b"hello", allow_unsigned=True),
   "files": sorted(os.listdir("certs")),
 })
-""" % (bytes(blob), KEY, KEY, KEY))
-    sig = "bad_signature: package signature does not verify with this device's key"
-    assert r["wrong_key"] == {"ok": False, "kind": "bad_signature", "msg": sig}
-    assert r["tampered"] == {"ok": False, "kind": "bad_signature", "msg": sig}
-    assert r["unsigned"] == {"ok": False, "kind": "bad_signature",
-                             "msg": "bad_signature: package is not signed and this device requires signatures"}
+""" % (bytes(blob), KEY, KEY, KEY, KEY))
+    sig = ("bad_signature: package signature does not verify with this device's key "
+           "(tampered, truncated, unsigned or made for another device)")
+    for case in ("wrong_key", "tampered", "unsigned", "short"):
+        assert r[case] == {"ok": False, "kind": "bad_signature", "msg": sig}, case
     assert r["cut"] == {"ok": False, "kind": "bad_package",
                         "msg": "bad_package: bundle does not match the package's SHA-256 (truncated or corrupted)"}
-    assert r["short"]["kind"] == "bad_package" and "truncated?" in r["short"]["msg"]
     assert r["older"] == {"ok": False, "kind": "old_version",
                           "msg": "old_version: package version 1 is not newer than 1: an older or replayed update"}
     assert r["garbage"] == {"ok": False, "kind": "bad_package", "msg": "bad_package: not a tlsguard update package"}
-    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json"]
+    assert r["files"] == ["1.bundle", "1.crt", "1.key", "1.pins", "1.roots", "manifest.json", "versions"]
 
 
-def package_error(mpy, blob, key=None):
+def package_error(mpy, blob, key=KEY):
     write_pkg(mpy, "x.pkg", blob)
-    return run(mpy, "st = CredentialStore('certs'); emit(attempt(st.apply, 'x.pkg', key=%r))" % (key,))
+    return run(mpy, "st = CredentialStore('certs'); emit(attempt(st.apply, 'x.pkg', key=%r, device='device-1'))"
+               % (key,))
 
 
 def test_package_format_errors(mpy, device, root_ca):
+    """Signed by the right key, so each reaches the parser it is aimed at."""
     seed(mpy, device, root_ca)
-    good = build_package(2, [("crt", device.der)])
+    good = packages.build(2, [("crt", device.der)], key=KEY)
     assert package_error(mpy, good)["msg"] == "bad_package: an identity needs both crt and key"
-    assert package_error(mpy, build_package(2, [("keys", b"x")]))["msg"] == "bad_package: unknown file kind 'keys'"
-    assert package_error(mpy, b"TGPK\x02" + good[5:])["msg"] == "bad_package: package format 2 is not supported"
-    assert package_error(mpy, b"TGPK\x01\x00\x00\x03abc")["msg"] == "bad_package: package header is not valid JSON"
-    assert package_error(mpy, build_package(2, [("pins", b"{nope")])) == {
+    assert package_error(mpy, packages.build(2, [("keys", b"x")], key=KEY))["msg"] == \
+        "bad_package: unknown file kind 'keys'"
+    old = packages.sign(KEY, b"TGPK\x01" + packages.build(2, [("crt", device.der)])[5:])
+    assert package_error(mpy, old)["msg"] == \
+        "bad_package: package format 1 is not supported (this device reads format 2)"
+    assert package_error(mpy, packages.sign(KEY, b"TGPK\x02\x01\x00\x03abc"))["msg"] == \
+        "bad_package: package header is not valid JSON"
+    assert package_error(mpy, packages.build(2, [("pins", b"{nope")], key=KEY)) == {
         "ok": False, "kind": "bad_pins", "msg": "bad_pins: package pins are not valid JSON"}
-    big = package_error(mpy, build_package(2, [("roots", b"\x30" * 20000)]))
+    big = package_error(mpy, packages.build(2, [("roots", b"\x30" * 20000)], key=KEY))
     assert big["msg"] == "bad_package: roots of 20000 bytes is too large"
     r = run(mpy, "st = CredentialStore('certs'); emit(attempt(st.stage, version=2, bundle='missing.bin'))")
     assert r["kind"] == "io" and r["msg"].startswith("io: cannot read bundle missing.bin: ")

@@ -258,8 +258,9 @@ def test_power_loss_during_update(mpy, inputs, mode, record_property):
     points, outcomes, sets = sweep(mpy, inputs, mode, "update")
     assert [s["version"] for s in sets] == [1, 2, 3, 3]
     # A kill before version 2's confirming rename keeps set 1 (after activate too: the restart
-    # rolls the trial back); later kills, up to version 3's confirmation, find set 2.
-    assert outcomes.get(1) and outcomes.get(2) and set(outcomes) == {1, 2}
+    # rolls the trial back); later kills, up to version 3's confirmation, find set 2; kills after
+    # that rename (while the versions file is rewritten) find set 3.
+    assert outcomes.get(1) and outcomes.get(2) and set(outcomes) <= {1, 2, 3}
     record_property("runs", points)
     print("\npower loss %s update: %d kill points, outcomes %s" % (mode, points, outcomes))
 

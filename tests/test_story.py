@@ -3,8 +3,6 @@ device clock at 2000-01-01, synced from chronyd; first contact finds the broker'
 bundle; pins checked; mutual TLS to mosquitto with a `tlsguard ca` certificate; telemetry received
 by paho; then a signed credential package arrives over MQTT and the next connection presents the
 new client certificate (seen by the broker)."""
-import hashlib
-import hmac
 import json
 import os
 import subprocess
@@ -14,6 +12,7 @@ import certifi
 import pytest
 
 import ntp_servers
+import packages
 import pki
 from conftest import LIB, MICROPYTHON, ROOT
 from mqtt_broker import broker, broker_pki, fleet, read, subscriber  # noqa: F401 (fixtures)
@@ -28,14 +27,6 @@ def chrony(tmp_path_factory):
     c = ntp_servers.Chrony(tmp_path_factory.mktemp("chrony"))
     yield c
     c.close()
-
-
-def package(version, files, key):
-    """An update package (tlsguard.package format), built independently of the device code."""
-    header = json.dumps({"version": version, "remove": [],
-                         "files": [[k, len(d), hashlib.sha256(d).hexdigest()] for k, d in files]}).encode()
-    blob = b"TGPK" + bytes([1, 1]) + len(header).to_bytes(2, "big") + header + b"".join(d for _, d in files)
-    return blob + hmac.new(key, blob, "sha256").digest()
 
 
 def test_clock_2000_to_rotated_credentials(tmp_path, chrony, broker, broker_pki, fleet, subscriber):
@@ -62,7 +53,7 @@ def test_clock_2000_to_rotated_credentials(tmp_path, chrony, broker, broker_pki,
         assert sub.wait_for(1, 30), "no telemetry before the rotation"
         renewed = fleet.issue("sensor-1-k2")  # the device's next key and certificate
         sub.publish("devices/sensor-1/credentials",
-                    package(2, [("crt", read(renewed[0])), ("key", read(renewed[1]))], KEY))
+                    packages.build(2, [("crt", read(renewed[0])), ("key", read(renewed[1]))], KEY, device="sensor-1"))
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

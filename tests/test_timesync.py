@@ -8,6 +8,7 @@ import time
 import pytest
 
 import ntp_servers
+from ntp_servers import chrony, hostile  # noqa: F401 (fixtures)
 import pki
 from conftest import pyrepr
 
@@ -47,27 +48,6 @@ def bracket(port, n=5):
     s.close()
     return out
 """
-
-
-@pytest.fixture(scope="module")
-def chrony(tmp_path_factory):
-    c = ntp_servers.Chrony(tmp_path_factory.mktemp("chrony"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def hostile():
-    started = []
-
-    def start(behaviour="good", **kw):
-        s = ntp_servers.HostileNTP(behaviour, **kw)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
 
 
 @pytest.fixture
@@ -300,20 +280,21 @@ emit([tlsguard.clock_floor(), tlsguard.clock_floor(Bundle()), attempt([('127.0.0
 
 
 def test_large_jump_of_sane_clock_is_flagged(mpy, hostile, tmp_path):
-    srv = hostile()
+    # Two servers agree (one alone is refused: test_attacks_time).
+    srv, other = hostile(), hostile()
     two_hours_slow = datetime.datetime.fromtimestamp(time.time() - 7200, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     env = ntp_servers.faketime_env(tmp_path, two_hours_slow)
     body = """
-ts = timesync.TimeSync([('127.0.0.1', %d)], jump_limit=600)
+ts = timesync.TimeSync([('127.0.0.1', %d), ('127.0.0.1', %d)], jump_limit=600)
 off = ts.sync()
 emit(ts.last)
-""" % srv.port
+""" % (srv.port, other.port)
     r = mpy.run(PRELUDE + body, env=env)
     assert r.returncode == 0, r.output
-    assert r.value["jump"] is True
+    assert r.value["jump"] is True and r.value["agreeing"] == 2
     assert abs(r.value["offset"] - 7200) < 2
     assert "tlsguard: WARNING: clock stepped by 720" in r.stdout
-    assert " s (limit 600 s) from 127.0.0.1:%d" % srv.port in r.stdout
+    assert " s (limit 600 s) on the word of 2 agreeing servers" in r.stdout
 
 
 def test_era_rollover(mpy):

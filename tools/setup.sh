@@ -25,17 +25,5 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   fi
   touch "$stamp"
 fi
-# MicroPython MQTT client wheels for the device tests (not importable by CPython tooling): only the
-# library modules are unpacked into .venv/mpylib, which tests put on MICROPYPATH. aiomqttc's wheel
-# also ships top-level main.py/config.py/wifi.py examples; they are left out so they never shadow
-# the firmware's own.
-MPYLIB_STAMP=.venv/mpylib/.aiomqttc-1.0.7
-if [ ! -f "$MPYLIB_STAMP" ]; then
-  rm -rf .venv/mpylib && mkdir -p .venv/mpylib .venv/wheels
-  if ! .venv/bin/pip download -q --no-deps --only-binary=:all: -d .venv/wheels aiomqttc==1.0.7 >.venv/pip.log 2>&1; then
-    grep -v '^WARNING: Location' .venv/pip.log; exit 1
-  fi
-  .venv/bin/python -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('aiomqttc.py', sys.argv[2])" \
-    .venv/wheels/aiomqttc-1.0.7-py3-none-any.whl .venv/mpylib
-  touch "$MPYLIB_STAMP"
-fi
+# The third-party MicroPython clients of the interop tests, unmodified, into .venv/mpylib.
+.venv/bin/python tools/fetch_clients.py

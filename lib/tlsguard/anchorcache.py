@@ -74,7 +74,8 @@ class AnchorCache:
         return None
 
     def put(self, host, refs):
-        """Remember refs for host (None forgets it); no write when nothing changes."""
+        """Remember refs for host (None forgets it); no write when nothing changes. A write that
+        fails leaves the file as it was and only prints a warning."""
         if refs is not None:
             refs = refs[:_MAX_ANCHORS]
             if len(host.encode()) > 255 or self.get(host) == refs:
@@ -83,11 +84,20 @@ class AnchorCache:
             return
         tmp = self.path + ".tmp"
         kept = 1 if refs is not None else 0
-        with open(tmp, "wb") as out:
-            if refs is not None:
-                out.write(_encode(host, refs))
-            for h, old in self._each():
-                if h != host and kept < self.max_hosts:
-                    out.write(_encode(h, old))
-                    kept += 1
-        os.rename(tmp, self.path)
+        try:
+            with open(tmp, "wb") as out:
+                if refs is not None:
+                    out.write(_encode(host, refs))
+                for h, old in self._each():
+                    if h != host and kept < self.max_hosts:
+                        out.write(_encode(h, old))
+                        kept += 1
+            os.rename(tmp, self.path)
+        except OSError as e:
+            # A cache is an optimisation: a full or read-only flash costs the next connection
+            # to this host one more handshake, never the connection at hand.
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            print("tlsguard: warning: anchor cache %s not written (%s)" % (self.path, e))

@@ -4,7 +4,7 @@ store, it chooses the few anchors each host needs (remembered per host, or disco
 chain a first handshake presents) and loads only those into mbedTLS."""
 import socket
 
-from tlsguard import platform
+from tlsguard import hostname, platform
 from tlsguard.errors import TLSError
 from tlsguard.handshake import Handshake
 from tlsguard.pins import Pins
@@ -13,8 +13,6 @@ from tlsguard.x509 import Certificate
 
 tls = platform.tls
 MODES = ("verify", "pin_only", "insecure")
-# Failures a credential set on trial can cause (client certificate, roots, bundle, pins).
-_SET_FAULTS = ("handshake_failed", "untrusted_root", "pin_mismatch", "bad_certificate")
 
 
 def pem_blocks(data):
@@ -48,27 +46,33 @@ def ca_certs(cadata, what):
 
 class SecureContext:
     """mode: "verify" (CA chain + hostname, plus pins where given), "pin_only" (the pin is the
-    trust decision, for private servers without a CA), "insecure" (no authentication; tests only).
+    trust decision, for private servers without a CA: a pinned leaf key, or a pinned CA the
+    chain verifies up to, see pinca), "insecure" (no authentication; tests only).
+    server_hostname is checked and normalised once (hostname.parse) and the leaf's names are
+    matched per RFC 6125 (hostname.check); cn_fallback=True also accepts the subject CN of a
+    leaf without any subjectAltName.
     cadata: DER or PEM of one or more CA certificates. identity: (cert_chain, key) for mutual TLS.
     ciphers: mbedTLS suite names to offer instead of the default (ECDHE suites only).
-    pins: {"host" or "*.domain": [pins] or PinSet}.
+    pins: {"host" or "*.domain": [pins] or PinSet}; a credential store's pins add to these.
     trust: a TrustStore. Then cadata roots are searched like the bundle rather than all loaded,
     and the anchors that verified each host are remembered in anchor_cache (a file; default the
     bundle's path + ".hosts"). First contact with a host costs two handshakes: one that shows
     the chain, one verified with the anchors it needs. connect() does both; a bare wrap_socket()
     cannot reconnect, so it raises TLSError("untrusted_root") with `retry` True and the next
-    connection verifies.
+    connection verifies. pin_only mode takes the same two steps for a pin above the leaf, and
+    keeps the pinned CAs that verified in anchor_cache when one is given.
     time_servers: NTP servers ("host" or (host, port)) to sync from before a handshake when the
     clock is below tlsguard.clock_floor(trust); resync (s), floor_fallback and time_options
     (TimeSync keywords: timeout, attempts, combine, ...) as timesync.ClockPolicy documents.
     store: a CredentialStore. Its active set's roots (added to cadata), identity, pins and
     bundle (the trust store) are taken at every handshake, so a switch applies to the next
     connection; a set on trial is confirmed by the first data its server sends and counted
-    failed when its server refuses it. Sockets carry the store `generation` they were made with."""
+    failed only when its server, having proved itself under that set, refuses our client
+    certificate (Handshake.refused_us). Sockets carry the store `generation` they were made with."""
 
     def __init__(self, cadata=None, trust=None, pins=None, mode="verify", identity=None,
                  anchor_cache=None, time_servers=None, resync=None, floor_fallback=False,
-                 time_options=None, store=None, ciphers=None):
+                 time_options=None, store=None, ciphers=None, cn_fallback=False):
         if mode not in MODES:
             raise ValueError("mode must be one of %s" % (MODES,))
         if not platform.CAN_VERIFY and mode != "insecure":
@@ -76,6 +80,11 @@ class SecureContext:
                            % (platform.PORT, platform.TLS_BACKEND))
         self.mode = mode
         self.ciphers = ciphers
+        self.cn_fallback = cn_fallback
+        self._pin_cas = None
+        if mode == "pin_only":
+            from tlsguard.pinca import PinnedCAs
+            self._pin_cas = PinnedCAs(anchor_cache)
         # NTP-before-TLS (timesync.ClockPolicy); imported only when asked for, to spare RAM.
         self.clock = None
         if time_servers:
@@ -115,7 +124,8 @@ class SecureContext:
         if active is not None:
             anchors = anchors + active.roots
             identity = active.identity or identity
-            pins = Pins(active.pins) if active.pins else pins
+            # Store pins add to the firmware's: an update never silently unpins a host.
+            pins = pins.plus(Pins(active.pins)) if active.pins else pins
             if active.bundle_path:
                 from tlsguard.truststore import TrustStore
                 # The cache lives beside the store folder: files inside it belong to sets.
@@ -125,9 +135,11 @@ class SecureContext:
         self._idle = None  # built with the previous set's identity and anchors
         self._store_gen = store.generation
 
-    def _anchors_for(self, host):
-        """(anchor DERs for host, learned): all cadata without a trust store, else what the
-        trust policy picks."""
+    def _anchors_for(self, host, pinset):
+        """(anchor DERs for host, learned): in pin_only mode the pinned CA it verifies up to;
+        all cadata without a trust store, else what the trust policy picks."""
+        if self._pin_cas is not None:
+            return self._pin_cas.anchors_for(host, pinset)
         if self._policy is None or self.mode != "verify":
             return self.anchors, False
         return self._policy.anchors_for(host)
@@ -137,11 +149,12 @@ class SecureContext:
         # Forward secrecy by default: a static-RSA session is readable by whoever later gets the
         # server key.
         ctx.set_ciphers(self.ciphers or [c for c in ctx.get_ciphers() if c.startswith("TLS-ECDHE-")])
-        if self.mode == "verify":
+        if self.mode == "verify" or (self.mode == "pin_only" and anchors):
             ctx.verify_mode = tls.CERT_REQUIRED
             for der in anchors:
                 ctx.load_verify_locations(der)
         elif self.mode == "pin_only":
+            # Only a pinned leaf can pass like this: its key signs the key exchange.
             ctx.verify_mode = tls.CERT_OPTIONAL
         else:
             ctx.verify_mode = tls.CERT_NONE
@@ -172,34 +185,35 @@ class SecureContext:
     def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None):
         if server_side:
             raise ValueError("SecureContext is client-side only: serve with tlsguard.ServerContext(store=...)")
-        if self.clock:
-            try:
-                self.clock.before_handshake()
-            except TLSError:
-                _close(sock)
-                raise
-        self._sync_store()
+        try:
+            host, ip = _host(server_hostname, self.mode)
+            self._sync_store()
+            if self.clock:
+                # The pins' expiry dates (the store's included) bound what one time server may do
+                # to the clock.
+                self.clock.before_handshake(self.pins)
+            pinset = self._pinset(host)
+            if self.mode == "pin_only" and pinset is None:
+                raise ValueError("pin_only mode needs a pin set for %r" % host)
+        except (ValueError, TLSError):
+            _close(sock)
+            raise
         if self.mode == "insecure":
-            print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % server_hostname)
-        elif not server_hostname:
-            raise ValueError("server_hostname is required: it is what the certificate is checked against")
-        pinset = self._pinset(server_hostname)
-        if self.mode == "pin_only" and pinset is None:
-            raise ValueError("pin_only mode needs a pin set for %r" % server_hostname)
-        anchors, learned = self._anchors_for(server_hostname)
-        hs = Handshake(server_hostname, pinset, self.identity is not None, anchors, learned,
-                        self.mode == "pin_only")
+            print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % host)
+        anchors, learned = self._anchors_for(host, pinset)
+        hs = Handshake(host, ip, pinset, self.identity is not None, anchors, learned, self.mode,
+                       self.cn_fallback)
         ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
         self.handshakes += 1
         try:
-            raw = ctx.wrap_socket(sock, server_hostname=server_hostname,
+            raw = ctx.wrap_socket(sock, server_hostname=host,
                                   do_handshake_on_connect=do_handshake_on_connect)
         except Exception as e:  # noqa: BLE001 - every failure is diagnosed
             self._release_tls(ctx, hs)
             _close(sock)
             raise self._failed(e, hs)
-        tsock = TLSSocket(self, ctx, hs, raw)
+        tsock = TLSSocket(self, ctx, hs, raw, sock)
         tsock.generation = self._store_gen
         tsock._unproven = self.store is not None and self.store.trial
         if do_handshake_on_connect:
@@ -207,11 +221,19 @@ class SecureContext:
         return tsock
 
     def _failed(self, exc, hs):
-        """The diagnosis of a failed handshake, counted against a credential set on trial when
-        the set can be at fault (not the network, the clock or the server's own certificate)."""
+        """The diagnosis of a failed handshake. It is reported to a credential set on trial
+        only when the server proved itself under that set and then ended the handshake while we
+        presented our client certificate (the store decides what such a refusal, which TLS 1.2
+        does not authenticate, may roll back). A chain the set refuses never counts, whatever
+        an older set would say of it: an attacker holding a key an update revoked presents
+        exactly such a chain."""
         err = self._diagnose(exc, hs)
-        if (self.store is not None and err.kind in _SET_FAULTS and not getattr(err, "retry", False)):
-            self.store.handshake_failed()
+        if self._pin_cas is not None:
+            err = self._pin_cas.failed(hs, err)
+        store = self.store
+        if store is not None and store.trial and self._store_gen == store.generation:
+            from tlsguard import trial
+            trial.failed(store, hs, exc, err)
         return err
 
     def _diagnose(self, exc, hs):
@@ -224,8 +246,22 @@ class SecureContext:
 
     def _verified(self, hs):
         """Called once per successful handshake, with the chain still recorded."""
-        if self._policy is not None and self.mode == "verify" and hs.anchors:
+        if self._pin_cas is not None:
+            self._pin_cas.verified(hs)
+        elif self._policy is not None and self.mode == "verify" and hs.anchors:
             self._policy.verified(hs)
+        if self.mode == "verify":
+            from tlsguard import floor
+            floor.evidence(hs.leaf(), platform.now())
+
+
+def _host(name, mode):
+    """(normalised host, packed IP or None); ValueError for a missing or malformed name."""
+    if name is None:
+        if mode == "insecure":
+            return name, None
+        raise ValueError("server_hostname is required: it is what the certificate is checked against")
+    return hostname.parse(name)
 
 
 def _tcp(host, port, ai, timeout):
@@ -245,6 +281,7 @@ def connect(host, port, context=None, timeout=10):
     another CA), it reconnects once to verify with them."""
     if context is None:
         raise ValueError("connect() needs a context (tlsguard.SecureContext)")
+    host = hostname.normalize(host)
     try:
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     except OSError as e:

@@ -1,4 +1,6 @@
-"""Handshake: what the verify callback sees and decides during one handshake (chain, pins)."""
+"""Handshake: what the verify callback sees and decides during one handshake (chain, pins, the
+leaf's names)."""
+from tlsguard import hostname
 from tlsguard.errors import TLSError
 from tlsguard.pins import spki_digest
 from tlsguard.x509 import subject_spki
@@ -9,16 +11,23 @@ _ABORT = -0x3000
 
 
 class Handshake:
-    """What the verify callback saw during one handshake (top of the chain first)."""
+    """What the verify callback saw during one handshake (top of the chain first).
+    mode: the context's; anchors: what mbedTLS was given (in pin_only mode, the pinned CA the
+    chain must verify up to, else nothing: then only a leaf pin is accepted)."""
 
-    def __init__(self, host, pinset, identity, anchors=(), learned=False, pin_always=False):
+    def __init__(self, host, ip, pinset, identity, anchors=(), learned=False, mode="verify",
+                 cn_fallback=False):
         self.host = host
-        self.pin_always = pin_always  # pin_only mode: the pin is the only trust decision
+        self.ip = ip  # packed address when host is an IP literal
+        self.mode = mode
+        self.cn_fallback = cn_fallback
         self.identity = identity
         self.pinset = pinset
-        self.anchors = anchors  # what mbedTLS was given for this handshake
+        self.anchors = anchors
         self.learned = learned  # anchors come from discovery, not yet verified
         self.pin_ok = pinset is None
+        self.pin_ca = None  # pin_only: a pinned certificate above the leaf, to verify up to
+        self.accepted = False  # the leaf passed every check of ours
         self.chain = []
         self.failure = None
 
@@ -29,19 +38,42 @@ class Handshake:
             self.chain.append((depth, raw))
             if not self.pin_ok:
                 try:
-                    self.pin_ok = self.pinset.matches(spki_digest(subject_spki(raw)[1]))
+                    hit = self.pinset.matches(spki_digest(subject_spki(raw)[1]))
                 except ValueError:
-                    pass
-                # A chain that did not reach an anchor fails verification anyway: leave it to
-                # mbedTLS, so that first contact via the trust store (no root loaded yet) is
-                # diagnosed untrusted and retried with the root a pin may name.
-                if depth == 0 and not self.pin_ok and (self.pin_always or self.top() in self.anchors):
-                    self.failure = self._pin_error()
-                    return _ABORT
-            return 0
+                    hit = False
+                if hit and depth and self.mode == "pin_only" and not self.anchors:
+                    # CERT_OPTIONAL links a parent by name alone: seeing the pinned CA here proves
+                    # nothing. The next handshake verifies the chain up to it (CERT_REQUIRED).
+                    self.pin_ca = self.pin_ca or raw
+                elif hit:
+                    self.pin_ok = True
+            return self._leaf(raw) if depth == 0 else 0
         except Exception as e:  # noqa: BLE001 - must not unwind through mbedTLS
             self.failure = TLSError("handshake_failed", "verify callback error: %r" % e, self.host, depth)
             return _ABORT
+
+    def _leaf(self, raw):
+        if not self.pin_ok:
+            if self.pin_ca is not None:
+                from tlsguard.pinca import PinnedCAs
+                self.failure = PinnedCAs.retry(self)
+                return _ABORT
+            # A chain that did not reach an anchor fails verification anyway: leave it to
+            # mbedTLS, so that first contact via the trust store (no root loaded yet) is
+            # diagnosed untrusted and retried with the root a pin may name.
+            if self.mode == "pin_only" or self.top() in self.anchors:
+                self.failure = self._pin_error()
+                return _ABORT
+        # The name check is ours (RFC 6125), made before any application data can flow. In
+        # pin_only mode a pinned leaf key is the server's identity; a CA pin vouches for names.
+        if self.host is not None and (self.mode == "verify" or self.anchors):
+            why = hostname.check(raw, self.host, self.ip, self.cn_fallback)
+            if why:
+                self.failure = TLSError("hostname_mismatch", "the certificate is not valid for '%s': %s"
+                                        % (self.host, why), self.host, 0)
+                return _ABORT
+        self.accepted = True
+        return 0
 
     def _pin_error(self):
         from tlsguard.pins import PREFIX

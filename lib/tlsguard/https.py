@@ -1,7 +1,9 @@
 """A small verified HTTPS client with the call shape of micropython-lib `requests` (which uses
 CERT_NONE for every HTTPS call): get/post/request(url, ..., context=SecureContext). Owns the
 HTTP/1.1 exchange: Content-Length, chunked and until-close bodies read in pieces, streaming to a
-file, redirects (limited, https only), timeouts. TLS failures are TLSError; HTTP ones HTTPError."""
+file, redirects (limited, https only, credentials and body never carried to another origin),
+timeouts; hostile input bounded: lines, header count, strict chunk sizes and Content-Length.
+TLS failures are TLSError; HTTP ones HTTPError; bad URLs or headers from the caller ValueError."""
 import json as _json
 
 from tlsguard.context import connect
@@ -9,7 +11,20 @@ from tlsguard.context import connect
 _CHUNK = 512
 _MAX_LINE = 2048
 _MAX_HEADERS = 64
+_MAX_HEAD = 8192  # all header lines together: 64 lines of 2 KB would not fit a small heap
 _REDIRECTS = (301, 302, 303, 307, 308)
+# Never sent to an origin other than the one the caller named.
+_CREDENTIALS = ("authorization", "cookie", "proxy-authorization")
+_BAD = (("\r", "CR"), ("\n", "LF"), ("\x00", "NUL"), (" ", "a space"), ("\t", "a tab"))
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _clean(field, value, spaces=False):
+    """Refuse what would end a request line or header early (request splitting/injection)."""
+    for c, name in _BAD[:3] if spaces else _BAD:
+        if c in value:
+            raise ValueError("%s contains %s: refused" % (field, name))
+    return value
 
 
 class HTTPError(Exception):
@@ -22,12 +37,17 @@ def _split(url):
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() != "https":
         raise ValueError("only https:// URLs: %r would not be authenticated" % url)
+    _clean("url", url)
     hostport, slash, path = rest.partition("/")
+    if "@" in hostport:
+        raise ValueError("url: user info (user@host) is not supported: %r" % url)
     host, colon, port = hostport.rpartition(":")
     if not colon or "]" in port:
         host, port = hostport, "443"
     if not host:
         raise ValueError("no host in %r" % url)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("url: bad port %r" % port)
     return host, int(port), "/" + path if slash else "/"
 
 
@@ -43,26 +63,47 @@ class Response:
         self._chunked = False
         self._done = False
         self._content = None
+        self._buf = b""  # read ahead of the current line
+        self._scratch = bytearray(_CHUNK)
         line = self._line()
         parts = line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise HTTPError("not an HTTP response from %s: %r" % (url, line[:60]))
         self.status_code = int(parts[1])
         self.reason = parts[2].strip().decode() if len(parts) > 2 else ""
-        for _ in range(_MAX_HEADERS):
+        lengths = []
+        total = 0
+        for _ in range(_MAX_HEADERS + 1):
             line = self._line()
             if not line.strip():
                 break
+            total += len(line)
+            if total > _MAX_HEAD:
+                raise HTTPError("response headers over %d bytes from %s" % (_MAX_HEAD, url))
             name, sep, value = line.partition(b":")
-            if not sep:
+            if not sep or not name or name != name.strip():
                 raise HTTPError("malformed header line from %s: %r" % (url, line[:60]))
-            self.headers[name.strip().decode().lower()] = value.strip().decode()
+            try:
+                name, value = name.decode().lower(), value.strip().decode()
+            except UnicodeError:
+                raise HTTPError("header line from %s is not text: %r" % (url, line[:60]))
+            if name == "content-length":
+                lengths += [v.strip() for v in value.split(",")]
+            self.headers[name] = value
         else:
             raise HTTPError("more than %d headers from %s" % (_MAX_HEADERS, url))
-        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+        te = self.headers.get("transfer-encoding")
+        if te is not None:
+            if te.lower() != "chunked":
+                raise HTTPError("unsupported Transfer-Encoding %r from %s" % (te[:40], url))
+            if lengths:
+                raise HTTPError("both Transfer-Encoding and Content-Length from %s: refused" % url)
             self._chunked = True
-        elif "content-length" in self.headers:
-            self._left = int(self.headers["content-length"])
+        elif lengths:
+            if any(not v.isdigit() or v != lengths[0] for v in lengths) or len(lengths[0]) > 15:
+                raise HTTPError("conflicting or malformed Content-Length %r from %s"
+                                % (", ".join(lengths)[:60], url))
+            self._left = int(lengths[0])
             self._done = self._left == 0
         else:
             self._left = -1
@@ -78,12 +119,28 @@ class Response:
                             % (self.url, e))
 
     def _line(self):
-        line = self._io(self.raw.readline)
-        if not line.endswith(b"\n"):
-            raise HTTPError("connection closed in the middle of the response from %s" % self.url)
-        if len(line) > _MAX_LINE:
+        """One line, read with a bound: an endless line is an error, never all of the heap."""
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0 or len(self._buf) > _MAX_LINE:
+                break
+            n = self._io(self.raw.readinto, self._scratch)
+            if not n:
+                raise HTTPError("connection closed in the middle of the response from %s" % self.url)
+            self._buf += self._scratch[:n]
+        if i < 0 or i >= _MAX_LINE:
             raise HTTPError("response line over %d bytes from %s" % (_MAX_LINE, self.url))
+        line, self._buf = self._buf[:i + 1], self._buf[i + 1:]
         return line
+
+    def _recv(self, mv):
+        """Body bytes into mv: what the line reader read ahead first."""
+        if self._buf:
+            n = min(len(mv), len(self._buf))
+            mv[:n] = self._buf[:n]
+            self._buf = self._buf[n:]
+            return n
+        return self._io(self.raw.readinto, mv)
 
     def readinto(self, buf):
         """Fill buf with the next piece of the body; 0 at its end."""
@@ -91,17 +148,16 @@ class Response:
         while not self._done:
             if self._chunked and self._left == 0:
                 size = self._line().split(b";")[0].strip()
-                try:
-                    self._left = int(size, 16)
-                except ValueError:
+                if not 0 < len(size) <= 8 or any(chr(c) not in _HEX for c in size):
                     raise HTTPError("bad chunk size %r from %s" % (size[:20], self.url))
+                self._left = int(size, 16)
                 if self._left == 0:
                     while self._line().strip():  # trailers
                         pass
                     self._done = True
                     break
             want = len(mv) if self._left < 0 else min(len(mv), self._left)
-            n = self._io(self.raw.readinto, mv[:want])
+            n = self._recv(mv[:want])
             if not n:
                 if self._left < 0:
                     self._done = True
@@ -109,8 +165,8 @@ class Response:
                 raise HTTPError("body from %s cut short (%d bytes missing)" % (self.url, self._left))
             if self._left > 0:
                 self._left -= n
-                if self._chunked and self._left == 0:
-                    self._line()  # the CRLF after the chunk
+                if self._chunked and self._left == 0 and self._line().strip():
+                    raise HTTPError("chunk from %s not followed by CRLF" % self.url)
                 elif not self._chunked and self._left == 0:
                     self._done = True
             return n
@@ -169,6 +225,15 @@ class Response:
             self._done = True
 
 
+def _check_request(method, headers):
+    _clean("method", method)
+    for k in headers:
+        _clean("header name %r" % k, k)
+        if ":" in k or not k:
+            raise ValueError("header name %r is not a token: refused" % k)
+        _clean("header %r value" % k, str(headers[k]), spaces=True)
+
+
 def _send(sock, method, host, port, path, headers, body):
     head = "%s %s HTTP/1.1\r\nHost: %s%s\r\nConnection: close\r\nUser-Agent: tlsguard\r\n" % (
         method, path, host, "" if port == 443 else ":%d" % port)
@@ -194,6 +259,8 @@ def request(method, url, data=None, json=None, headers=None, context=None, timeo
         headers.setdefault("Content-Type", "application/json")
     if isinstance(data, str):
         data = data.encode()
+    _check_request(method, headers)  # before connecting: a refused request sends nothing
+    _split(url)
     for _ in range(max_redirects + 1):
         host, port, path = _split(url)
         sock = connect(host, port, context=context, timeout=timeout)
@@ -216,9 +283,19 @@ def request(method, url, data=None, json=None, headers=None, context=None, timeo
             location = "https://%s:%d%s" % (host, port, location)
         if not location.lower().startswith("https://"):
             raise HTTPError("%s redirects to %r: refused, it would leave TLS" % (url, location))
+        try:
+            to_host, to_port, _ = _split(location)
+        except ValueError as e:
+            raise HTTPError("%s redirects to a malformed URL (%s)" % (url, e))
         if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
             method, data = "GET", None
-            headers.pop("Content-Type", None)
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        if (to_host.lower(), to_port) != (host.lower(), port):
+            # Another origin gets neither the caller's credentials nor its body.
+            if data is not None:
+                raise HTTPError("%s redirects (%d) to another origin %s: refused, the request body "
+                                "would go there" % (url, resp.status_code, location))
+            headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIALS}
         url = location
     raise HTTPError("more than %d redirects, last to %s" % (max_redirects, url))
 

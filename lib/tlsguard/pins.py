@@ -66,6 +66,7 @@ class Pins:
     """Pin sets by host pattern; `for_host` gives the set that applies (exact beats wildcard)."""
 
     def __init__(self, table=None):
+        self.extra = None
         self.sets = {}
         for host, value in (table or {}).items():
             ps = value if isinstance(value, PinSet) else PinSet(value)
@@ -73,13 +74,31 @@ class Pins:
                 print("tlsguard: warning: %s: %s" % (host, ps.warning))
             self.sets[host.lower().rstrip(".")] = ps
 
+    def plus(self, extra):
+        """Pins that add `extra` (the credential store's) to these, host by host."""
+        both = Pins()
+        both.sets = self.sets
+        both.extra = extra
+        return both
+
     def for_host(self, host):
-        if not host or not self.sets:
-            return None
-        host = host.lower().rstrip(".")
-        ps = self.sets.get(host)
-        if ps is None:
-            for pattern, candidate in self.sets.items():
-                if _host_matches(pattern, host):
-                    return candidate
+        ps = None
+        if host and self.sets:
+            host = host.lower().rstrip(".")
+            ps = self.sets.get(host)
+            if ps is None:
+                for pattern, candidate in self.sets.items():
+                    if _host_matches(pattern, host):
+                        ps = candidate
+                        break
+        if self.extra is not None:
+            ps = _union(ps, self.extra.for_host(host))
         return ps
+
+
+def _union(a, b):
+    """One set accepting the pins of both, enforced as long as either is."""
+    if a is None or b is None:
+        return a or b
+    expires = None if a.expires is None or b.expires is None else max(a.expires, b.expires)
+    return PinSet(a.pins + [p for p in b.pins if p not in a.pins], expires)

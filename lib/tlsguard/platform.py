@@ -33,6 +33,8 @@ RELEASE_FLOOR = 1793491200
 
 
 def clock_floor(trust=None):
-    """Seconds since 1970 of the earliest time this device accepts as real: the library's release
-    date, or the trust bundle's build time when `trust` (a trust store) is newer."""
-    return max(RELEASE_FLOOR, getattr(trust, "build_time", 0) or 0)
+    """Seconds since 1970 of the earliest time this device accepts as real: the latest of the
+    library's release date, the trust bundle's build time (`trust`, a trust store) and the last
+    known good time persisted on flash (floor.py)."""
+    from tlsguard import floor
+    return max(RELEASE_FLOOR, getattr(trust, "build_time", 0) or 0, floor.persisted())

@@ -130,7 +130,8 @@ class ServerContext:
         except TLSError:
             _close(sock)
             raise
-        hs = Handshake(None, None, False, self.client_ca)
+        # No server name: a client's certificate is checked against the fleet CA, not a name.
+        hs = Handshake(None, None, None, False, self.client_ca)
         ctx.verify_callback = hs.callback if self.client_ca else None
         self.handshakes += 1
         try:
@@ -138,7 +139,7 @@ class ServerContext:
         except Exception as e:  # noqa: BLE001 - every failure is diagnosed
             _close(sock)
             raise self._failed(e, hs)
-        tsock = TLSSocket(self, ctx, hs, raw)
+        tsock = TLSSocket(self, ctx, hs, raw, sock)
         tsock.generation = self.generation
         if do_handshake_on_connect:
             tsock._handshake_done()

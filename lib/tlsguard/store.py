@@ -4,40 +4,31 @@ switch (one rename of the manifest), the trial that rolls back by itself, and bo
 
 Layout of the store folder:
   manifest.json   the commit point: JSON line + SHA-256 hex line of it; names the active set, the
-                  previous set, whether the active one is on trial, and the highest version seen
+                  previous set, whether the active one is on trial, the highest version seen and
+                  the anti-rollback floor (no set older than it is ever used again)
   manifest.new    the next manifest while it is written; gone after the rename
+  versions        the highest version and the floor again, rewritten after each commit: a damaged
+                  manifest cannot reset them (the higher of the two intact copies counts)
   <v>.crt .key .roots .pins .bundle   the files of set version v (a set may reuse older files)
 """
-import binascii
 import hashlib
 import json
 import os
 
 from tlsguard import platform
 from tlsguard.pins import PinSet
+from tlsguard.storeformat import StoreError, hexstr as _hex, split_der as _split_der
 from tlsguard.x509 import Certificate
 
 MANIFEST = "manifest.json"
 _NEXT = "manifest.new"
+VERSIONS = "versions"
 FORMAT = 1
 _CHUNK = 512
 KINDS = ("crt", "key", "roots", "pins", "bundle")
 # Stores activated in this boot. A trial manifest that is not listed here was left by an earlier
 # boot: the device restarted before confirming, which is one of the rollback conditions.
 _ACTIVATED = {}
-
-
-class StoreError(ValueError):
-    """A refused stage/package or a store that cannot be used. `kind` names the reason."""
-
-    def __init__(self, kind, detail):
-        super().__init__("%s: %s" % (kind, detail))
-        self.kind = kind
-        self.detail = detail
-
-
-def _hex(b):
-    return binascii.hexlify(b).decode()
 
 
 def _join(folder, name):
@@ -106,18 +97,6 @@ def write_verified(path, chunks):
     if got != (want, size):
         raise StoreError("io", "%s reads back differently from what was written (flash fault?)" % path)
     return want, size
-
-
-def _split_der(buf):
-    """DER certificates concatenated in `buf` (each SEQUENCE is self-delimiting)."""
-    from tlsguard import der
-    out = []
-    pos = 0
-    while pos < len(buf):
-        _, _, e = der.item(buf, pos, len(buf))
-        out.append(buf[pos:e])
-        pos = e
-    return out
 
 
 def _blocks(data):
@@ -201,6 +180,7 @@ class CredentialStore:
         self._sets = []
         self._trial = False
         self._high = 0
+        self._min = 0  # anti-rollback floor: no set below this version is ever active again
         if not _exists(self.path):
             os.mkdir(self.path)
         self._open()
@@ -208,6 +188,7 @@ class CredentialStore:
     # ---- boot ------------------------------------------------------------------------------
 
     def _open(self):
+        kept = self._high, self._min = self._read_versions()
         man = self._read_manifest(MANIFEST)
         nxt = _join(self.path, _NEXT)
         if man is None and _exists(_join(self.path, MANIFEST)):
@@ -229,10 +210,17 @@ class CredentialStore:
             self._note("no credential set installed")
             self._gc()
             return
+        self._high = max(self._high, man["high"])
+        self._min = max(self._min, man.get("min", 0))
+        if kept != (self._high, self._min):
+            self._write_versions()  # a store from before this file, or a crash right after a commit
         sets = man["sets"]
-        self._high = man["high"]
         trial = man["trial"]
         changed = False
+        if len(sets) > 1 and sets[1]["version"] < self._min:
+            sets = sets[:1]  # below the floor: never to be returned to
+            trial = False
+            changed = True
         if trial and not _ACTIVATED.get(self.path):
             self._note("version %d was on trial when the device restarted: rolled back to version %d"
                        % (sets[0]["version"], sets[1]["version"]))
@@ -279,6 +267,28 @@ class CredentialStore:
         except (OSError, ValueError):
             return None
 
+    def _read_versions(self):
+        """(highest version, floor) from the versions file, (0, 0) when missing or damaged."""
+        try:
+            with open(_join(self.path, VERSIONS), "rb") as f:
+                high, low, check = f.read().split()[:3]
+            if _hex(hashlib.sha256(high + b" " + low).digest()).encode() == check:
+                return int(high), int(low)
+            self._note("the versions file is damaged: the manifest's copy is used")
+        except (OSError, ValueError):
+            pass
+        return 0, 0
+
+    def _write_versions(self):
+        body = b"%d %d" % (self._high, self._min)
+        path = _join(self.path, VERSIONS)
+        write_verified(path + ".new", (body + b" " + _hex(hashlib.sha256(body).digest()).encode() + b"\n",))
+        try:
+            os.rename(path + ".new", path)
+        except OSError:  # FAT: no rename over a file; the manifest holds the same values
+            _remove(path)
+            os.rename(path + ".new", path)
+
     def _verify(self, entry):
         """None if every file of the set matches the manifest, else what is wrong."""
         for kind, (name, sha, size) in entry["files"].items():
@@ -294,7 +304,8 @@ class CredentialStore:
 
     def _commit(self, sets, trial):
         """Make `sets` (active first, then the previous one) durable with one rename."""
-        body = json.dumps({"format": FORMAT, "high": self._high, "trial": trial, "sets": sets}).encode()
+        body = json.dumps({"format": FORMAT, "high": self._high, "min": self._min, "trial": trial,
+                           "sets": sets}).encode()
         data = body + b"\n" + _hex(hashlib.sha256(body).digest()).encode() + b"\n"
         nxt = _join(self.path, _NEXT)
         write_verified(nxt, (data,))
@@ -305,7 +316,9 @@ class CredentialStore:
             # FAT refuses to rename over a file; the verified manifest.new is completed at open.
             os.remove(final)
             os.rename(nxt, final)
+        # Switched: what follows must not make a caller think the switch did not happen.
         self._sets, self._trial = sets, trial
+        self._write_versions()
         self._gc()
 
     def _gc(self):
@@ -337,6 +350,11 @@ class CredentialStore:
         return self._sets[0]["version"] if self._sets else 0
 
     @property
+    def min_version(self):
+        """The anti-rollback floor: no set older than this is ever used again."""
+        return self._min
+
+    @property
     def highest_version(self):
         """The highest version ever activated: a new stage must be above it (rolled-back versions
         are burnt, so a replay of them is refused)."""
@@ -346,6 +364,10 @@ class CredentialStore:
         """The active CredentialSet, or None when the store holds none."""
         return CredentialSet(self, self._sets[0], self._trial) if self._sets else None
 
+    def previous(self):
+        """The set a rollback would return to, or None."""
+        return CredentialSet(self, self._sets[1], False) if len(self._sets) > 1 else None
+
     def _put(self, version, kind, chunks, expect=None):
         name = "%d.%s" % (version, kind)
         sha, size = write_verified(_join(self.path, name), chunks)
@@ -354,19 +376,27 @@ class CredentialStore:
         self._staged["files"][kind] = [name, sha, size]
         return _join(self.path, name)
 
-    def stage(self, version, identity=None, roots=None, pins=None, bundle=None, _bundle_sha=None):
+    def stage(self, version, identity=None, roots=None, pins=None, bundle=None, min_version=0,
+              _bundle_sha=None):
         """Write and check a new set next to the active one. Items left as None are carried over
-        from the active set; an empty value ((), [], {}, b"") removes the item.
+        from the active set; an empty value ((), [], {}, b"") removes the item. min_version: once
+        this set is active, no set older than that is used again (no trial rollback to it, no
+        fallback at boot): a security update that must not be undone.
         identity: (cert_chain, key), PEM or DER (chain leaf first); roots: list of DER/PEM;
         pins: {host: [pins] or PinSet or {"pins": [...], "expires": secs}}; bundle: bytes or a file path (a trust bundle)."""
         if not isinstance(version, int) or version <= self._high:
             raise StoreError("old_version", "version %r is not newer than %d: an older or replayed update"
                              % (version, self._high))
+        if not isinstance(min_version, int) or not 0 <= min_version <= version:
+            raise StoreError("bad_version", "min_version %r must be between 0 and the version %d"
+                             % (min_version, version))
         self.discard()
         files = {}
         if self._sets:
             files.update(self._sets[0]["files"])
         self._staged = {"version": version, "files": files}
+        if min_version:
+            self._staged["min"] = min_version
         now = platform.now()
         try:
             if identity is not None:
@@ -473,15 +503,25 @@ class CredentialStore:
         if self._staged is None:
             raise StoreError("nothing_staged", "stage() a set before activate()")
         new, self._staged = self._staged, None
-        high, self._high = self._high, new["version"]
-        trial = bool(self._sets)
+        high, low = self._high, self._min
+        self._high = new["version"]
+        self._min = max(self._min, new.get("min", 0))
+        previous = [s for s in self._sets[:1] if s["version"] >= self._min]
+        if self._sets and not previous:
+            self._note("version %d is below the floor %d set by version %d: no way back to it"
+                       % (self._sets[0]["version"], self._min, new["version"]))
+        trial = bool(previous)
         try:
-            self._commit([new] + self._sets[:1], trial)
-        except Exception:
-            # Nothing switched (a full flash, say): the set stays staged, for discard() or a retry.
-            self._staged, self._high = new, high
-            _remove(_join(self.path, _NEXT))
-            raise
+            self._commit([new] + previous, trial)
+        except Exception:  # noqa: BLE001 - re-raised unless the switch happened
+            if not self._sets or self._sets[0] is not new:
+                # Nothing switched (a full flash, say): the set stays staged, for discard() or a
+                # retry.
+                self._staged, self._high, self._min = new, high, low
+                _remove(_join(self.path, _NEXT))
+                raise
+            self._note("version %d is active, but the versions file was not updated (the manifest "
+                       "holds the same floor)" % new["version"])
         if trial:
             _ACTIVATED[self.path] = True
         self._note("version %d activated%s" % (new["version"], " (on trial)" if trial else ""))
@@ -521,12 +561,21 @@ class CredentialStore:
         """A connection with the active set was accepted by its server: confirms a trial."""
         return self.confirm()
 
-    def handshake_failed(self):
-        """A connection with the active set failed; a trial set that fails max_failures times is
-        rolled back. Returns True when that happened."""
-        if not self._trial:
+    def handshake_failed(self, evidence):
+        """A server refused the active set: `evidence` says how we know it was the server and not
+        someone on the network (SecureContext calls this only when the server proved itself under
+        the set on trial before refusing our client certificate). TLS 1.2 does not authenticate
+        a refusal, so it counts only against a trial set that changed the client identity and
+        nothing else: the other items cannot make a server refuse us, and rolling back a change
+        of whom the device trusts (roots, pins, bundle) must never be in an attacker's hands.
+        A trial set that fails max_failures times is rolled back. True when that happened."""
+        if not self._trial or len(self._sets) < 2:
+            return False
+        new, old = self._sets[0]["files"], self._sets[1]["files"]
+        if new.get("crt") == old.get("crt") or any(new.get(k) != old.get(k) for k in ("roots", "pins", "bundle")):
             return False
         self._failures += 1
+        self._note("version %d refused (%d of %d): %s" % (self.version, self._failures, self.max_failures, evidence))
         if self._failures < self.max_failures:
             return False
         self.rollback("%d failed handshakes on trial" % self._failures)
@@ -534,14 +583,32 @@ class CredentialStore:
 
     # ---- update packages -------------------------------------------------------------------
 
-    def apply(self, package, key=None):
-        """Stage an update package (bytes, or the path of a downloaded file); with `key` (the
-        device's HMAC key) the package must carry a valid signature. Returns the staged version."""
+    def apply(self, package, key=None, device=None, allow_unsigned=False):
+        """Stage an update package (bytes, or the path of a downloaded file). `key`: the device's
+        package key (bytes, at least 16), which must have signed it; `device`: this device's id,
+        which a package bound to a device must name. Unsigned packages only with
+        allow_unsigned=True (and then without private keys). Returns the staged version; every
+        refusal is a StoreError, the store untouched."""
+        if key is None and not allow_unsigned:
+            raise StoreError("no_key", "apply() needs the device's package key; unsigned packages are "
+                                       "refused unless allow_unsigned=True")
         from tlsguard import package as pkg
-        with pkg.Package(package, key) as p:
-            if p.version <= self._high:
-                raise StoreError("old_version", "package version %d is not newer than %d: an older or replayed update"
-                                 % (p.version, self._high))
-            items = p.items()
-            return self.stage(p.version, items.get("identity"), items.get("roots"), items.get("pins"),
-                              items.get("bundle"), p.bundle_sha)
+        try:
+            with pkg.Package(package, key) as p:
+                if p.device is None and key is not None:
+                    raise StoreError("wrong_device", "the package is bound to no device")
+                if p.device is not None and p.device != device:
+                    raise StoreError("wrong_device", "the package is for device %r, this is %r"
+                                     % (p.device, device))
+                if p.version <= self._high:
+                    raise StoreError("old_version", "package version %d is not newer than %d: an older or replayed update"
+                                     % (p.version, self._high))
+                items = p.items()
+                return self.stage(p.version, items.get("identity"), items.get("roots"), items.get("pins"),
+                                  items.get("bundle"), p.min_version, p.bundle_sha)
+        except (StoreError, MemoryError):
+            raise
+        except OSError as e:
+            raise StoreError("io", "cannot read the package: %s" % e)
+        except Exception as e:  # noqa: BLE001 - malformed content deep in a parser: one error type
+            raise StoreError("bad_package", "malformed package content: %s: %s" % (type(e).__name__, e))

@@ -1,17 +1,20 @@
 """NTP-before-TLS: an SNTP client (RFC 4330 client rules on RFC 5905 packets) that checks every
-reply, can combine servers, keeps to the polling rules and steps the clock, never below the clock
-floor; plus the clock policy SecureContext runs before a handshake. Owns sync_time (clock_floor lives in platform)."""
+reply, combines servers, keeps to the polling rules and steps the clock, never below the clock
+floor; a step that would turn pins off (past a pin set's expiry) or move a sane clock far needs
+`quorum` independent servers to agree. Plus the clock policy SecureContext runs before a
+handshake. Owns sync_time (clock_floor lives in platform, the persisted floor in floor)."""
 import os
 import random
 import socket
 import struct
 import time
 
-from tlsguard import clock, platform
+from tlsguard import clock, floor as _floor, platform
 from tlsguard.errors import TLSError
 
 NTP_PORT = 123
-DEFAULT_SERVERS = ("pool.ntp.org",)
+# Independent servers: one liar cannot make a critical step on its own (see TimeSync quorum).
+DEFAULT_SERVERS = ("0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org")
 _NTP_1970 = 2208988800  # seconds from 1900-01-01 (NTP era 0) to 1970-01-01
 _ERA = 1 << 32
 _HALF_ERA = 1 << 31
@@ -22,6 +25,7 @@ HORIZON = 40 * 365 * 86400
 _REPLY_MIN = 48
 _REPLY_MAX = 72  # header plus the largest symmetric-key MAC; we send no extension fields
 _SLACK = 10000  # microseconds
+MAX_DISTANCE = 1500000  # RFC 5905 MAXDIST (us): root delay / 2 + root dispersion above it is refused
 _MS = 1000
 _S = 1000000
 
@@ -85,8 +89,9 @@ def _same_addr(a, b):
 class _Answer:
     """A reply that passed every check: offset and round-trip delay in microseconds."""
 
-    def __init__(self, server, offset, delay, stratum):
+    def __init__(self, server, offset, delay, stratum, addr=None):
         self.server = server
+        self.addr = addr
         self.offset = offset
         self.delay = delay
         self.stratum = stratum
@@ -129,6 +134,11 @@ def _judge(data, t1, t4, floor):
         raise _Refused("zero transmit timestamp")
     if rs == 0 and rf == 0:
         raise _Refused("zero receive timestamp")
+    root_delay, root_disp = struct.unpack(">iI", data[4:12])
+    distance = (abs(root_delay) * _S >> 17) + (root_disp * _S >> 16)  # 16.16 fixed point
+    if distance > MAX_DISTANCE:
+        raise _Refused("root distance %.3f s is over %.1f s (RFC 5905: root delay / 2 + root dispersion)"
+                       % (distance / _S, MAX_DISTANCE / _S))
     t2 = ntp_to_unix_us(rs, rf, floor)
     t3 = ntp_to_unix_us(ts, tf, floor)
     # The server cannot take longer than our round trip; the slack covers coarse server clocks.
@@ -173,7 +183,7 @@ def _exchange(sock, server, addr, timeout_ms, floor):
             why = "origin timestamp is not our request's (stale or forged reply)"
         else:
             offset, delay, stratum = _judge(data, t1, t4, floor)
-            return _Answer(server, offset, delay, stratum), ignored
+            return _Answer(server, offset, delay, stratum, addr), ignored
         if why not in ignored:
             ignored.append(why)
 
@@ -188,14 +198,30 @@ def _agree(answers, needed, spread_us):
     return min(good, key=lambda a: a.delay), good
 
 
+def _independent(answers):
+    """How many different server addresses gave these answers."""
+    seen = []
+    for a in answers:
+        if not any(_same_addr(a.addr, b) for b in seen):
+            seen.append(a.addr)
+    return len(seen)
+
+
+def expiries(pins):
+    """Expiry dates (seconds) of the pin sets in `pins` (a tlsguard Pins, or None)."""
+    return [ps.expires for ps in getattr(pins, "sets", {}).values() if ps.expires]
+
+
 class TimeSync:
     """One sync policy: servers, per-try timeout (s), attempts per server (each try doubles the
     timeout), max_time (s) bounding the whole sync, combine (ask this many servers and need a
-    majority of them to agree within max_spread s), jump_limit (s) above which a step of an
-    already-sane clock is flagged, trust (trust store whose build_time raises the floor)."""
+    majority of them to agree within max_spread s), jump_limit (s), quorum (independent servers
+    that must agree on a critical step: one past a pin set's expiry, or a step of a sane clock
+    over jump_limit; more servers are asked when needed), trust (trust store whose build_time
+    raises the floor)."""
 
     def __init__(self, servers=DEFAULT_SERVERS, timeout=1.0, attempts=3, max_time=10.0, combine=1,
-                 max_spread=0.5, jump_limit=3600, trust=None):
+                 max_spread=0.5, jump_limit=3600, quorum=2, trust=None):
         if isinstance(servers, str) or (isinstance(servers, tuple) and len(servers) == 2
                                         and isinstance(servers[1], int)):
             servers = (servers,)
@@ -206,16 +232,41 @@ class TimeSync:
         self.combine = max(1, combine)
         self.max_spread = max_spread
         self.jump_limit = jump_limit
+        self.quorum = max(2, quorum)
         self.trust = trust
         self.last = None  # dict about the last successful sync
 
     def floor(self):
         return platform.clock_floor(self.trust)
 
-    def query(self):
-        """Ask the servers; returns (agreed _Answer, elapsed ms) or raises TLSError clock_unset."""
+    def _critical(self, before, offset, floor, expires):
+        """Why a step by `offset` from the clock `before` (us) needs a quorum, or None."""
+        target = (before + offset) // _S
+        known = max(before // _S, floor)
+        for e in expires:
+            if known < e <= target:
+                return "past a pin set's expiry %s" % _date(e * _S)
+        if before >= floor * _S and abs(offset) > self.jump_limit * _S:
+            return "a step of %.1f s of a sane clock (jump_limit %d s)" % (offset / _S, self.jump_limit)
+        return None
+
+    def _decide(self, answers, floor, before, expires):
+        """(best, good, why): best None without a majority; `why` a critical step still short of
+        its quorum of independent servers."""
+        needed = max(self.combine, len(answers)) // 2 + 1
+        best, good = _agree(answers, needed, int(self.max_spread * _S))
+        why = best and self._critical(before, best.offset, floor, expires)
+        if why and _independent(good) >= self.quorum:
+            why = None
+        return best, good, why
+
+    def query(self, expires=()):
+        """Ask the servers; returns (agreed _Answer, elapsed ms, independent servers agreeing) or
+        raises TLSError clock_unset. `expires`: pin expiry dates (s) a step may not cross on the
+        word of fewer than `quorum` servers."""
         floor = self.floor()
-        now = clock.now_us() // _S
+        before = clock.now_us()
+        now = before // _S
         start = time.ticks_ms()
         deadline = time.ticks_add(start, int(self.max_time * _MS))
         reasons = {}
@@ -230,12 +281,19 @@ class TimeSync:
                 todo.append(s)
         answers = []
         asked = []
+
+        def settled():
+            if len(answers) < self.combine:
+                return False
+            best, _, why = self._decide(answers, floor, before, expires)
+            return best is not None and not why
+
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             for attempt in range(self.attempts):
                 for s in list(todo):
                     left = time.ticks_diff(deadline, time.ticks_ms())
-                    if len(answers) >= self.combine or left <= 0:
+                    if settled() or left <= 0:
                         break
                     wait = min(int(self.timeout * _MS) << attempt, left)
                     if s not in asked:
@@ -268,7 +326,7 @@ class TimeSync:
                     s.fails = 0
                     reasons.pop(s.label, None)
                     answers.append(answer)
-                if len(answers) >= self.combine or not todo:
+                if settled() or not todo:
                     break
         finally:
             sock.close()
@@ -276,26 +334,31 @@ class TimeSync:
             if s not in asked:
                 reasons[s.label] = "not asked: max_time %.1f s used up" % self.max_time
         elapsed = time.ticks_diff(time.ticks_ms(), start)
-        best = None
+        best = why = None
+        good = []
         if answers:
-            best, good = _agree(answers, self.combine // 2 + 1, int(self.max_spread * _S))
+            best, good, why = self._decide(answers, floor, before, expires)
             for a in answers:
                 if a not in good:
                     reasons[a.server.label] = "outlier: offset %.3f s disagrees with the other servers" % (
                         a.offset / _S)
             if best is None:
                 reasons["combine"] = "%d of %d answers agree; %d needed" % (
-                    len(good), len(answers), self.combine // 2 + 1)
+                    len(good), len(answers), max(self.combine, len(answers)) // 2 + 1)
+            elif why:
+                reasons["quorum"] = "%s needs %d independent servers to agree; %d did" % (
+                    why, self.quorum, _independent(good))
         for s in asked:
             if s.wait_left(now) <= 0:  # RATE already set a longer hold
                 s.hold(now, 2 if s.fails > 1 else 1)
-        if best is None:
+        if best is None or why:
             raise _unset(reasons, self.servers)
-        return best, elapsed
+        return best, elapsed, _independent(good)
 
-    def sync(self):
-        """Query, then step the clock by the agreed offset; returns the offset in seconds."""
-        best, elapsed = self.query()
+    def sync(self, expires=()):
+        """Query, then step the clock by the agreed offset; returns the offset in seconds. A sync
+        that independent servers agreed on may raise the persisted floor (see floor.py)."""
+        best, elapsed, agreeing = self.query(expires)
         floor_us = self.floor() * _S
         before = clock.now_us()
         target = before + best.offset
@@ -304,16 +367,18 @@ class TimeSync:
                           % (_date(target), _date(floor_us))}, self.servers)
         jump = before >= floor_us and abs(best.offset) > self.jump_limit * _S
         if jump:
-            print("tlsguard: WARNING: clock stepped by %.1f s (limit %d s) from %s"
-                  % (best.offset / _S, self.jump_limit, best.server.label))
+            print("tlsguard: WARNING: clock stepped by %.1f s (limit %d s) on the word of %d agreeing servers"
+                  % (best.offset / _S, self.jump_limit, agreeing))
         clock.set_us(clock.now_us() + best.offset)
         # Hold times were stamped on the old clock; move them with it.
         shift = best.offset // _S
         for s in _servers.values():
             if s.not_before is not None:
                 s.not_before += shift
+        if agreeing >= self.quorum:
+            _floor.vouch()  # persisted at the next verified handshake (floor.evidence)
         self.last = {"offset": best.offset / _S, "delay": best.delay / _S, "server": best.server.label,
-                     "stratum": best.stratum, "elapsed_ms": elapsed, "jump": jump}
+                     "stratum": best.stratum, "elapsed_ms": elapsed, "jump": jump, "agreeing": agreeing}
         return best.offset / _S
 
 
@@ -330,14 +395,17 @@ def _unset(reasons, servers):
 def sync_time(servers=DEFAULT_SERVERS, timeout=1.0, attempts=3, **options):
     """Set the device clock from NTP; returns the offset applied (seconds). Raises
     TLSError(kind="clock_unset") with `.reasons` (per server) when no server gave an acceptable
-    answer, the clock untouched. Options: see TimeSync."""
-    return TimeSync(servers, timeout, attempts, **options).sync()
+    answer, the clock untouched. Options: see TimeSync; `expires` (pin expiry dates) for sync."""
+    expires = options.pop("expires", ())
+    return TimeSync(servers, timeout, attempts, **options).sync(expires)
 
 
 class ClockPolicy:
     """What SecureContext does about time before each handshake: below the floor, sync first and
     fail with clock_unset if that fails (or, only if `floor_fallback`, continue with the floor as
-    the clock); with `resync` (seconds), sync again after about that long, at a randomized time."""
+    the clock); with `resync` (seconds), sync again about that often, at a randomized time, also
+    when the clock was sane from the start. A step past the expiry of one of the context's pin
+    sets needs a quorum of servers."""
 
     def __init__(self, servers, trust=None, resync=None, floor_fallback=False, **options):
         self.sync = TimeSync(servers, trust=trust, **options)
@@ -350,12 +418,12 @@ class ClockPolicy:
             # Spread devices that booted together (RFC 4330: randomize the start of polling).
             self.next_resync = clock.now_us() // _S + int(self.resync * (1 + random.random() / 4))
 
-    def before_handshake(self):
+    def before_handshake(self, pins=None):
         now = clock.now_us() // _S
         floor = self.sync.floor()
         if now < floor:
             try:
-                self.sync.sync()
+                self.sync.sync(expiries(pins))
             except TLSError as e:
                 if e.kind != "clock_unset":
                     raise
@@ -366,9 +434,11 @@ class ClockPolicy:
                       "floor %s (floor_fallback=True)" % _date(floor * _S))
                 clock.set_us(floor * _S)
             self._schedule()
-        elif self.next_resync is not None and now >= self.next_resync:
+        elif self.next_resync is None:
+            self._schedule()
+        elif now >= self.next_resync:
             try:
-                self.sync.sync()
+                self.sync.sync(expiries(pins))
             except TLSError as e:
                 # The clock is sane already: keep it and try again later.
                 print("tlsguard: resync failed, clock kept: %s" % e.detail)

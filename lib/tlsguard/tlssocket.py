@@ -14,11 +14,12 @@ class TLSSocket(io.IOBase):
     """The TLS stream handed to the application: the mbedTLS socket plus diagnosis of errors
     that surface after wrap_socket (non-blocking handshakes, as asyncio does them)."""
 
-    def __init__(self, context, tls_ctx, hs, sock):
+    def __init__(self, context, tls_ctx, hs, sock, tcp):
         self._context = context
         self._tls_ctx = tls_ctx
         self._hs = hs
         self._sock = sock
+        self._tcp = tcp  # the socket mbedTLS runs over: timeouts and fileno live there
         self._poller = None
         self.peer_der = None
         self.generation = None
@@ -49,12 +50,13 @@ class TLSSocket(io.IOBase):
             r = fn(*args)
         except Exception as e:  # noqa: BLE001
             if self._unproven and self._hs is None:
-                # With TLS 1.3 a server refuses a client certificate after the client's
-                # handshake is over: the first read fails.
-                self._unproven = False
-                self._context.store.handshake_failed()
+                from tlsguard import trial
+                trial.after_handshake(self, e)
             self._fail(e)
-        if self._hs is not None and r is not None:
+        # None: would block (non-blocking socket), the handshake may still be running. 0 or b"":
+        # nothing moved (an empty write never reaches mbedTLS; EOF): cipher() is only safe to
+        # ask once data has gone through.
+        if self._hs is not None and r:
             self._handshake_done()
         return r
 
@@ -65,24 +67,51 @@ class TLSSocket(io.IOBase):
             self._context.store.handshake_ok()
         return r
 
-    def read(self, n=-1):
-        return self._received(self._io(self._sock.read, n))
+    # The port's SSLSocket stream methods, with its arguments and return values: None when a
+    # non-blocking socket would block, write/sendall write everything, send/recv go once.
+    def read(self, *a):
+        return self._received(self._io(self._sock.read, *a))
 
-    def readinto(self, buf, n=None):
-        return self._received(self._io(self._sock.readinto, buf) if n is None else
-                              self._io(self._sock.readinto, buf, n))
+    def readinto(self, *a):
+        return self._received(self._io(self._sock.readinto, *a))
 
-    def readline(self):
-        return self._received(self._io(self._sock.readline))
+    def readline(self, *a):
+        return self._received(self._io(self._sock.readline, *a))
 
-    def write(self, buf):
-        return self._io(self._sock.write, buf)
+    def recv(self, *a):
+        return self._received(self._io(self._sock.recv, *a))
+
+    def recv_into(self, *a):
+        return self._received(self._io(self._sock.recv_into, *a))
+
+    def write(self, *a):
+        return self._io(self._sock.write, *a)
+
+    def sendall(self, *a):
+        return self._io(self._sock.sendall, *a)
+
+    def send(self, *a):
+        return self._io(self._sock.send, *a)
 
     def setblocking(self, flag):
         self._sock.setblocking(flag)
 
+    def settimeout(self, t):
+        """Timeout (s, None = blocking) of the TCP socket under TLS; the port's SSLSocket has
+        none of its own, CPython's does."""
+        self._tcp.settimeout(t)
+
+    def fileno(self):
+        return self._tcp.fileno()
+
     def close(self):
         _close(self._sock)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def cipher(self):
         return self._sock.cipher()

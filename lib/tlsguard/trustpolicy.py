@@ -62,9 +62,12 @@ class TrustPolicy:
         becomes a retryable error, the anchors kept for the next connection to this host."""
         from tlsguard.diagnose import diagnose
         err = diagnose(exc, hs, hs.anchors, floor=floor)
+        host = hs.host
+        if hs.learned:
+            # Anchors found from a chain that was then refused, for whatever reason: dropped.
+            self.pending.pop(host, None)
         if err.kind != "untrusted_root" or hs.failure is not None:
             return err
-        host = hs.host
         # The anchors given did not verify: forget them, whatever comes next.
         self.pending.pop(host, None)
         if hs.anchors and not hs.learned:

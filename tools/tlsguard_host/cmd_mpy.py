@@ -29,9 +29,12 @@ def compile_lib(out_dir, src_dir=None, march=None):
 
 
 def run(args):
+    from tlsguard_host.mipjson import mpy_json
     outs = compile_lib(args.out, march=args.march)
     total = sum(os.path.getsize(p) for p in outs)
     print("compiled %d modules into %s (%d bytes)" % (len(outs), args.out, total))
+    # Serve the folder over HTTP(S) and mip.install("https://HOST/.../package.json") takes the build.
+    print("mip package description: %s" % mpy_json(args.out))
 
 
 def register(sub):
