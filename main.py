@@ -358,7 +358,7 @@ class WebUI:
         if self.device.store is None:
             raise HTTPError(404, "this device has no credential store")
         try:
-            version = self.device.store.apply(req.body, key=self.device.key)
+            version = self.device.store.apply(req.body, key=self.device.key, device=self.device.id)
             self.device.store.activate()
         except ValueError as e:  # StoreError: the store is unchanged
             raise HTTPError(400, "package refused: %s" % e)

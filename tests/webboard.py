@@ -22,7 +22,7 @@ DEVICE = "sensor-1"
 PROVISION = """
 import tlsguard
 store = tlsguard.CredentialStore("store")
-store.apply("v1.pkg", key=bytes.fromhex(%r))
+store.apply("v1.pkg", key=bytes.fromhex(%r), device="sensor-1")
 store.activate()
 print("provisioned", store.version)
 """
@@ -74,7 +74,7 @@ class Fleet:
             self.device_certs[version] = f.read()
         out = os.path.join(self.folder, "v%d.pkg" % version)
         self._ok(tlsguard("package", "--version", version, "--out", out, "--key-file", key_file or self.keyfile,
-                          "--device", DEVICE, "--ca-dir", self.ca))
+                          "--device", DEVICE, "--identity", "--ca-dir", self.ca))
         self.packages[version] = out
         return out
 
