@@ -8,18 +8,14 @@ import ssl
 import subprocess
 
 from conftest import LIB, MICROPYTHON, ROOT
-from mqtt_broker import broker, broker_pki, fleet, read, subscriber  # noqa: F401 (fixtures)
+from mqtt_broker import board_certs, broker, broker_pki, fleet, subscriber  # noqa: F401 (fixtures)
 
 
 def test_mqtt_and_https_together(tmp_path, broker, broker_pki, fleet, subscriber):
-    board = tmp_path / "board"
-    (board / "certs").mkdir(parents=True)
-    (board / "certs" / "broker-root.der").write_bytes(broker_pki[0].der)
-    (board / "certs" / "device.crt").write_bytes(read(fleet.device[0]))
-    (board / "certs" / "device.key").write_bytes(read(fleet.device[1]))
+    board = board_certs(tmp_path / "board", broker_pki, fleet)
     (board / "config.json").write_text(json.dumps({
         "device_id": "sensor-1", "broker": {"host": "localhost", "port": broker.port},
-        "ca": "certs/broker-root.der", "identity": ["certs/device.crt", "certs/device.key"],
+        "ca": "certs/ca.der", "identity": ["certs/device.crt", "certs/device.key"],
         "interval": 0.3, "messages": 200, "backoff": [0.5, 2], "max_failures": 3,
         "https": {"host": "127.0.0.1", "port": 0}}))
     sub = subscriber("devices/sensor-1/telemetry")
