@@ -395,15 +395,13 @@ def test_server_context_errors(mpy, tmp_path):
 
 def test_readme_server_example(tmp_path, fleet):
     """The README's server example, as written (ports 443/8443 turned into 0: the OS picks)."""
-    import re
     import shutil
     import subprocess as sp
 
-    from conftest import LIB, MICROPYTHON, ROOT
+    from conftest import LIB, MICROPYTHON
     from webboard import KEY, PROVISION
-    text = open(ROOT + "/README.md").read()
-    code = re.search(r"<!-- example: server .*?-->\n```python\n(.*?)```", text, re.S).group(1)
-    code = code.replace("(public, 443)", "(public, 0)").replace("(operators, 8443)", "(operators, 0)")
+    from test_readme import example
+    code = example("server", ("(public, 443)", "(public, 0)"), ("(operators, 8443)", "(operators, 0)"))
     shutil.copy(fleet.packages[1], tmp_path / "v1.pkg")
     (tmp_path / "operator-ca.der").write_bytes(fleet.operator_ca.der)
     (tmp_path / "provision.py").write_text(PROVISION % KEY)
