@@ -6,7 +6,7 @@ import os
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -102,7 +102,11 @@ class CA(Issued):
     """A certificate authority (root, or intermediate when `parent` is given)."""
 
     def __init__(self, name="tlsguard test root", kind="ec", parent=None, not_before=None,
-                 not_after=None, key=None, path_length=None):
+                 not_after=None, key=None, path_length=None, ca=True, key_cert_sign=True, extra=(),
+                 sig="sha256"):
+        """`ca`, `key_cert_sign`: False makes a broken issuer (CA:FALSE, or a CA whose keyUsage
+        lacks keyCertSign); `extra`: (extension, critical) pairs; `sig`: how the parent signs it
+        (see _sign)."""
         key = key or new_key(kind)
         self.kind = kind
         subject = _name(name)
@@ -115,16 +119,20 @@ class CA(Issued):
                    .serial_number(x509.random_serial_number())
                    .not_valid_before(not_before or NOW - 30 * DAY)
                    .not_valid_after(not_after or NOW + 3650 * DAY)
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None),
+                                  critical=True)
                    .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                                 key_encipherment=False, data_encipherment=False,
-                                                key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                                encipher_only=False, decipher_only=False), critical=True)
+                                                key_agreement=False, key_cert_sign=key_cert_sign and ca,
+                                                crl_sign=True, encipher_only=False, decipher_only=False),
+                                  critical=True)
                    .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False))
         if issuer_cert is not None:
             builder = builder.add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(parent.key.public_key()), critical=False)
-        cert = builder.sign(signer, hashes.SHA256())
+        for ext, critical in extra:
+            builder = builder.add_extension(ext, critical=critical)
+        cert = _sign(builder, signer, sig)
         # What a server presents above its leaf: every intermediate, never the root.
         parents = ([parent] + parent.parents) if parent is not None and parent.is_intermediate else []
         super().__init__(cert, key, parents)
@@ -150,8 +158,9 @@ class CA(Issued):
         return Issued(cert, other.key, [])
 
     def issue(self, hosts=("localhost", "127.0.0.1"), cn=None, kind=None, not_before=None,
-              not_after=None, client=False, server=True):
-        """A leaf for `hosts` (DNS names or IP addresses) signed by this CA."""
+              not_after=None, client=False, server=True, sig="sha256", extra=()):
+        """A leaf for `hosts` (DNS names or IP addresses) signed by this CA (`sig`: see _sign;
+        `extra`: (extension, critical) pairs)."""
         key = new_key(kind or self.kind)
         eku = []
         if server:
@@ -171,9 +180,20 @@ class CA(Issued):
                                   critical=False))
         if hosts:
             builder = builder.add_extension(_san(hosts), critical=False)
-        cert = builder.sign(self.key, hashes.SHA256())
+        for ext, critical in extra:
+            builder = builder.add_extension(ext, critical=critical)
+        cert = _sign(builder, self.key, sig)
         parents = [self] + self.parents if self.is_intermediate else []
         return Issued(cert, key, parents)
+
+
+def _sign(builder, key, sig="sha256"):
+    """sig: "sha256"; "pss" (RSA-PSS, which this mbedTLS build lacks: it refuses the certificate);
+    "sha3" (SHA3-256, whose OID mbedTLS does not know: it skips the certificate)."""
+    if sig == "pss":
+        return builder.sign(key, hashes.SHA256(), rsa_padding=padding.PSS(
+            mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH))
+    return builder.sign(key, hashes.SHA3_256() if sig == "sha3" else hashes.SHA256())
 
 
 def self_signed_leaf(hosts=("localhost", "127.0.0.1"), kind="ec", **kw):
@@ -195,3 +215,58 @@ def spki_pin(cert):
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256/" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def _item(buf, pos):
+    """(tag, value start, value end) of the DER item at pos (the test PKI's own tiny reader)."""
+    n = buf[pos + 1]
+    start = pos + 2
+    if n & 0x80:
+        k = n & 0x7F
+        n = int.from_bytes(buf[start:start + k], "big")
+        start += k
+    return buf[pos], start, start + n
+
+
+def _tlv(tag, body):
+    n = len(body)
+    if n < 0x80:
+        return bytes([tag, n]) + body
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def bad_signature(issued):
+    """`issued` with one bit of its signature flipped: well formed, but the signature fails."""
+    raw = bytearray(issued.der)
+    raw[-1] ^= 0x01
+    return Issued(x509.load_der_x509_certificate(bytes(raw)), issued.key, issued.parents)
+
+
+def duplicate_extension(issued, issuer_key):
+    """`issued` with its last extension repeated, re-signed by `issuer_key` (ECDSA): a certificate
+    RFC 5280 4.2 forbids, which `cryptography` cannot build."""
+    raw = issued.der
+    _, cs, _ = _item(raw, 0)
+    _, ts, te = _item(raw, cs)
+    # The extensions [3] are the TBSCertificate's last field.
+    pos = ts
+    while pos < te:
+        t, s, e = _item(raw, pos)
+        if t == 0xA3:
+            _, ls, le = _item(raw, s)
+            last = s
+            p = ls
+            while p < le:
+                last = p
+                p = _item(raw, p)[2]
+            exts = raw[ls:le] + raw[last:le]
+            new_tbs = _tlv(0x30, raw[ts:pos] + _tlv(0xA3, _tlv(0x30, exts)))
+            break
+        pos = e
+    else:
+        raise ValueError("no extensions")
+    sig = issuer_key.sign(new_tbs, ec.ECDSA(hashes.SHA256()))
+    alg = raw[te:_item(raw, te)[2]]
+    cert = _tlv(0x30, new_tbs + alg + _tlv(0x03, b"\x00" + sig))
+    return Issued(x509.load_der_x509_certificate(cert), issued.key, issued.parents)

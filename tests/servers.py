@@ -33,21 +33,12 @@ class PyTLSServer:
         self.handshakes = 0
         self.errors = []
         self.client_certs = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread = threading.Thread(target=_accept_loop, args=(self.sock, self._handle), daemon=True)
         self._thread.start()
 
     def reload(self, certfile, keyfile):
         """Serve another chain from the next connection on (a server changing its certificate)."""
         self.ctx.load_cert_chain(certfile, keyfile)
-
-    def _serve(self):
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn):
         conn.settimeout(10)
@@ -70,8 +61,86 @@ class PyTLSServer:
             conn.close()
 
     def close(self):
-        self._stop = True
         self.sock.close()
+
+
+def _accept_loop(sock, handle):
+    """Hand each connection to `handle` in a thread of its own, until `sock` is closed."""
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+class RawTLSServer:
+    """A scripted TLS 1.2 server for what real stacks refuse to send: it answers every
+    ClientHello with a ServerHello and a Certificate message holding `entries` (raw bytes, any
+    garbage), then waits for the client to give up. `hellos` counts the ClientHellos seen."""
+
+    def __init__(self, entries):
+        body = b"".join(len(e).to_bytes(3, "big") + e for e in entries)
+        self.certificate = _handshake(11, len(body).to_bytes(3, "big") + body)
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.hellos = 0
+        threading.Thread(target=_accept_loop, args=(self.sock, self._handle), daemon=True).start()
+
+    def _handle(self, conn):
+        conn.settimeout(10)
+        try:
+            hello = _read_record(conn)
+            if hello is None or hello[0] != 1:
+                return
+            self.hellos += 1
+            # ClientHello: version, random, session id, then the offered suites; take the first
+            # TLS 1.2 one (not TLS 1.3's 0x13xx, not the renegotiation SCSV 0x00ff).
+            sid = hello[4 + 34]
+            start = 4 + 35 + sid
+            n = int.from_bytes(hello[start:start + 2], "big")
+            offered = [hello[i:i + 2] for i in range(start + 2, start + 2 + n, 2)]
+            suite = next((x for x in offered if x[0] != 0x13 and x != b"\x00\xff"), None)
+            if suite is None:
+                return
+            # With an empty renegotiation_info (RFC 5746), which OpenSSL clients insist on.
+            server_hello = _handshake(2, b"\x03\x03" + os.urandom(32) + b"\x00" + suite + b"\x00"
+                                      + b"\x00\x05\xff\x01\x00\x01\x00")
+            flight = server_hello + self.certificate + _handshake(14, b"")
+            conn.sendall(b"\x16\x03\x03" + len(flight).to_bytes(2, "big") + flight)
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def _handshake(kind, body):
+    return bytes([kind]) + len(body).to_bytes(3, "big") + body
+
+
+def _read_record(conn):
+    """The body of one TLS record (None at end of stream)."""
+    head = b""
+    while len(head) < 5:
+        more = conn.recv(5 - len(head))
+        if not more:
+            return None
+        head += more
+    n = int.from_bytes(head[3:5], "big")
+    body = b""
+    while len(body) < n:
+        more = conn.recv(n - len(body))
+        if not more:
+            return None
+        body += more
+    return body
 
 
 class OpenSSLServer:

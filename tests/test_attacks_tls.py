@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes
 import pki
 import servers
 from conftest import pyrepr
+from fakeboard import tlsguard
 
 SECRET = b"device-secret-4242"
 
@@ -114,22 +115,24 @@ class Resetter(Listener):
         conn.close()
 
 
-class AlertRelay(Listener):
-    """An on-path attacker between the device and the genuine server: it relays the handshake
-    and, the moment the device presents its client certificate (TLS 1.2 sends it in clear),
-    answers with a forged fatal alert (bad_certificate) and cuts both sides."""
-
-    ALERT = b"\x15\x03\x03\x00\x02\x02\x2a"
+class Relay(Listener):
+    """An on-path relay between the device and a server: the server's bytes pass unchanged; the
+    device's records (whole TLS records, type and body) go through self._record, which forwards
+    them or ends the connection. `sent`: per connection, every byte the device sent."""
 
     def __init__(self, upstream_port):
         self.upstream_port = upstream_port
-        self.forged = 0
+        self.sent = []
+        self.threads = []
         super().__init__()
 
     def _accept(self, conn):
-        threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+        self.sent.append(bytearray())
+        t = threading.Thread(target=self._relay, args=(conn, self.sent[-1]), daemon=True)
+        self.threads.append(t)
+        t.start()
 
-    def _relay(self, client):
+    def _relay(self, client, sent):
         server = socket.create_connection(("127.0.0.1", self.upstream_port), 10)
         client.settimeout(10)
         threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
@@ -139,20 +142,22 @@ class AlertRelay(Listener):
                 data = client.recv(4096)
                 if not data:
                     break
+                sent += data
                 buf += data
                 while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[3:5], "big"):
                     n = 5 + int.from_bytes(buf[3:5], "big")
                     record, buf = buf[:n], buf[n:]
-                    if record[0] == 22 and record[5] == 11:  # handshake: Certificate
-                        self.forged += 1
-                        client.sendall(self.ALERT)
+                    if not self._record(record, client, server):
                         return
-                    server.sendall(record)
         except OSError:
             pass
         finally:
             client.close()
             server.close()
+
+    def _record(self, record, client, server):
+        server.sendall(record)
+        return True
 
     @staticmethod
     def _pump(src, dst):
@@ -164,6 +169,39 @@ class AlertRelay(Listener):
                 dst.sendall(data)
         except OSError:
             pass
+
+    def records(self):
+        """Per connection, the (record type, first byte of its body) of each record the device
+        sent, once every connection has ended."""
+        for t in self.threads:
+            t.join(10)
+        out = []
+        for buf in self.sent:
+            recs, pos = [], 0
+            while pos + 5 <= len(buf):
+                recs.append((buf[pos], buf[pos + 5] if pos + 5 < len(buf) else None))
+                pos += 5 + int.from_bytes(buf[pos + 3:pos + 5], "big")
+            out.append(recs)
+        return out
+
+
+class AlertRelay(Relay):
+    """An on-path attacker between the device and the genuine server: it relays the handshake
+    and, the moment the device presents its client certificate (TLS 1.2 sends it in clear),
+    answers with a forged fatal alert (bad_certificate) and cuts both sides."""
+
+    ALERT = b"\x15\x03\x03\x00\x02\x02\x2a"
+
+    def __init__(self, upstream_port):
+        self.forged = 0
+        super().__init__(upstream_port)
+
+    def _record(self, record, client, server):
+        if record[0] == 22 and record[5] == 11:  # handshake: Certificate
+            self.forged += 1
+            client.sendall(self.ALERT)
+            return False
+        return super()._record(record, client, server)
 
 
 @pytest.fixture
@@ -184,8 +222,8 @@ def peers(tmp_path):
             started.append(r)
             return r
 
-        def relay(self, upstream):
-            r = AlertRelay(upstream.port)
+        def relay(self, upstream, cls=AlertRelay):
+            r = cls(upstream.port)
             started.append(r)
             return r
 
@@ -305,12 +343,15 @@ with_cadata = tlsguard.SecureContext(cadata=%s, pins=%s)
 with_store = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r), pins=%s)
 emit([conn(with_cadata, %d), conn(with_store, %d), conn(with_store, %d), with_store._policy.pending])
 """ % (pyrepr(root.der), pins(target), str(path), pins(target), attacker.port, attacker.port, attacker.port))
+    # The chain links up to the trusted root but the forged leaf's signature does not verify
+    # with the key of the certificate it names as issuer: that is what the refusal says.
     for bad in r[:3]:
-        assert bad["ok"] is False and bad["kind"] == "untrusted_root", bad
-        assert "CN=private root,O=tlsguard tests" in bad["msg"], bad
+        refused(bad, "bad_certificate", "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard "
+                "tests': it does not verify with the key of its issuer 'CN=private %s,O=tlsguard tests'"
+                % ("root" if pinned == "root" else "intermediate"))
     assert r[3] == {}  # nothing learned from the forgery is kept
     assert not os.path.exists(str(path) + ".hosts")
-    assert attacker.received == [] and attacker.connections >= 3
+    assert attacker.received == [] and attacker.handshakes == 0 and attacker.connections >= 3
 
 
 # ---- 2. a network attacker cannot roll a trial set back ----------------------------------
@@ -364,8 +405,35 @@ emit(out)
     assert r["after"][:2] == [2, False]  # the genuine server's reply confirmed it
     assert not any("rolled back" in line for line in r["after"][2])
     assert intercept.received == [] and stranger.received == [] and cutter.received == []
-    assert intercept.connections == 4 and cutter.handshakes == 4 and resetter.connections == 4
+    assert intercept.handshakes == 0 and stranger.handshakes == 0
+    # Each refusal of the intercepting chain takes a second look at it (peerchain: a ClientHello,
+    # nothing else; test_second_look_sends_nothing_but_a_client_hello): two connections each.
+    assert intercept.connections == 8 and cutter.handshakes == 4 and resetter.connections == 4
     assert genuine.client_certs == [new_id.der] and genuine.got_secret
+
+
+def test_second_look_sends_nothing_but_a_client_hello(mpy, peers, tmp_path):
+    """A refused chain is read a second time to name its cause (peerchain). To an attacker that
+    second connection, to the same address, carries one ClientHello: no client certificate, no
+    key exchange, no application data; the refused handshake itself carries nothing after the
+    ClientHello but an alert. TLS 1.2 so that the tap reads every record the device sends."""
+    client_ca = pki.CA("device CA")
+    cas = tmp_path / "clients.pem"
+    cas.write_bytes(client_ca.pem)
+    ident = client_ca.issue(("device-1",), cn="device-1", client=True, server=False)
+    attacker = peers(pki.CA("attacker root").intermediate("attacker inter").issue(), client_ca=str(cas),
+                     versions=(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2))
+    tap = peers.relay(attacker, Relay)
+    r = mpy.value(DEVICE + """
+ctx = tlsguard.SecureContext(cadata=%s, identity=(%s, %s))
+emit(conn(ctx, %d))
+""" % (pyrepr(pki.CA("genuine root").der), pyrepr(ident.der), pyrepr(ident.key_der), tap.port))
+    refused(r, "untrusted_root", "no trusted root for issuer 'CN=attacker root,O=tlsguard tests'")
+    first, second = tap.records()
+    client_hello, alert = (22, 1), 21
+    assert first[0] == client_hello and all(rec[0] == alert for rec in first[1:]), first
+    assert second == [client_hello], second
+    assert attacker.handshakes == 0 and attacker.received == [] and attacker.client_certs == []
 
 
 TRIAL = """
@@ -437,12 +505,39 @@ def _ca_leaf(ca, names, cn="localhost"):
     ([x509.DNSName("f*.example.test")], "foo.example.test", "it names DNS:f*.example.test, not 'foo.example.test'"),
     (None, "localhost", "it has no subjectAltName (a subject CN is used only with cn_fallback=True)"),
 ])
-def test_leaf_names_checked_per_rfc6125(mpy, peers, root_ca, names, host, why):
+def test_leaf_names_checked_per_rfc6125(mpy, peers, root_ca, names, host, why, tmp_path):
     attacker = peers(_ca_leaf(root_ca, names))
     r = mpy.value(DEVICE + "emit(wrap(tlsguard.SecureContext(cadata=%s), %d, %r))"
                   % (pyrepr(root_ca.der), attacker.port, host))
     refused(r, "hostname_mismatch", "the certificate is not valid for '%s': %s" % (host, why))
-    assert attacker.received == [] and attacker.connections == 1
+    assert attacker.received == [] and attacker.handshakes == 0 and attacker.connections == 1
+    # `tlsguard doctor` checks names the same way and words the refusal as the device does.
+    root_pem = tmp_path / "root.pem"
+    root_pem.write_bytes(root_ca.pem)
+    doc = tlsguard("doctor", "127.0.0.1:%d" % attacker.port, "--name", host, "--no-bundle", "--cafile", root_pem,
+                   timeout=120)
+    detail = r["msg"].split("(certificate depth 0): ", 1)[1].split(" Hint: ")[0]
+    assert "device would get: hostname_mismatch (certificate depth 0): %s\n" % detail in doc.stdout, doc.stdout
+
+
+def test_first_contact_names_a_name_only_tlsguard_refuses(mpy, peers, tmp_path, root_ca):
+    """mbedTLS's own name check lets a DNS SAN "127.0.0.1" name the IP; tlsguard's does not. On
+    first contact through the trust store (no anchor loaded yet, so mbedTLS ends the handshake
+    as not trusted) that refusal is reported at once, not as a retry that learns the anchor."""
+    from tlsguard_host import bundle
+    path = tmp_path / "roots.bin"
+    path.write_bytes(bundle.build([root_ca.cert], int(pki.NOW.timestamp()) - 86400))
+    attacker = peers(_ca_leaf(root_ca, [x509.DNSName("127.0.0.1")]))
+    r = mpy.value(DEVICE + """
+ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r))
+emit([wrap(ctx, %d, "127.0.0.1"), wrap(ctx, %d, "127.0.0.1"), ctx._policy.pending])
+""" % (str(path), attacker.port, attacker.port))
+    for x in r[:2]:
+        refused(x, "hostname_mismatch", "the certificate is not valid for '127.0.0.1': it names DNS:127.0.0.1; "
+                "an IP address matches only an IP SAN")
+        assert x["retry"] is False
+    assert r[2] == {}
+    assert attacker.received == [] and attacker.handshakes == 0 and attacker.connections == 2
 
 
 def test_names_that_do_match(mpy, peers, root_ca):
@@ -543,7 +638,9 @@ emit([conn(ctx, %d), ctx._policy.pending, ctx._policy.cache.get("localhost")])
 """ % (str(path), extra, attacker.port))
     assert r[0]["ok"] is False and r[0]["kind"] == kind, r[0]
     assert r[1] == {} and r[2] is None
-    assert attacker.received == [] and attacker.connections == 2
+    # A pin is checked once the anchor is loaded (two handshakes); expiry does not depend on the
+    # anchor and is reported at first contact, before anything is learned (one).
+    assert attacker.received == [] and attacker.connections == (2 if case == "pin" else 1)
 
 
 def test_unwritable_anchor_cache_keeps_the_connection(mpy, peers, tmp_path, root_ca, inter_ca):

@@ -25,7 +25,7 @@ def doctor(port, *args):
 
 
 def predicted(r):
-    m = re.search(r"device would get: (\w+):", r.stdout)
+    m = re.search(r"device would get: (\w+)[ :]", r.stdout)
     return m.group(1) if m else None
 
 

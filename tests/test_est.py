@@ -63,7 +63,7 @@ class ESTServer:
         env = dict(os.environ, **PW)
         self.proc = subprocess.Popen([TLSGUARD, "ca", "serve", "--port", "0", *args], cwd=str(folder), env=env,
                                      stdout=subprocess.PIPE, stderr=self.errfile, text=True)
-        line = self.proc.stdout.readline()
+        line = self.banner = self.proc.stdout.readline()
         m = re.search(r"https://127\.0\.0\.1:(\d+)/", line)
         if not m:
             self.close()

@@ -249,3 +249,30 @@ def test_verified_self_update_from_the_repository(mpy, tmp_path, https_folder, r
     assert r["ok"], r
     _same_files(tmp_path / "lib" / "tlsguard", os.path.join(LIB, "tlsguard"), ["__init__.py", "mip.py"])
     assert r["lib"] == ["tlsguard"]
+
+
+def test_plain_http_url_in_package_refused(mpy, tmp_path, https_folder, root_ca, inter_ca):
+    """A package (served over verified HTTPS) pointing a file at http://: refused before any
+    download, not fetched unauthenticated."""
+    folder = tmp_path / "index"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / "pkg" / "package.json").write_text(json.dumps(
+        {"urls": [["good.py", "good.py"], ["evil.py", "http://localhost:1/evil.py"]]}))
+    (folder / "pkg" / "good.py").write_text("X = 1\n")
+    srv = https_folder(folder, inter_ca.issue())
+    r = verified(mpy, srv.port, "'https://localhost:%d/pkg/'" % srv.port, root_ca, inter_ca.cert)
+    assert not r["ok"] and r["type"] == "InstallError", r
+    assert r["msg"] == "'http://localhost:1/evil.py' is not https:// (nor github:): it would not be authenticated"
+    assert r["lib"] is None and srv.paths == ["/pkg/package.json"]
+
+
+def test_no_context_no_install(mpy):
+    r = mpy.value("""
+from tlsguard import mip
+try:
+    mip.install("umqtt.simple", context=None)
+    emit("installed")
+except ValueError as e:
+    emit(str(e))
+""", env={"MICROPYPATH": ".frozen:" + LIB})
+    assert r == "tlsguard.mip.install needs context=SecureContext(...)"

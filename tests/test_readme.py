@@ -7,6 +7,7 @@ substitution fails the test, naming the example."""
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -114,12 +115,16 @@ def chrony(tmp_path_factory):
 
 
 def test_time(mpy, tmp_path, chrony, root_ca):
-    silent = ntp_servers.free_udp_port()
-    code = example("time",
-                   ('"0.pool.ntp.org", "1.pool.ntp.org", ("10.0.0.1", 123)',
-                    '("127.0.0.1", %d), ("127.0.0.1", %d)' % (chrony.port, silent)))
-    out = run(mpy, "import time, tlsguard\nROOT = %s\n" % pyrepr(root_ca.der) + code
-              + "print('offset', offset, 'year', time.gmtime()[0])\n", env=ntp_servers.faketime_env(tmp_path))
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a server that never answers
+    silent.bind(("127.0.0.1", 0))
+    try:
+        code = example("time",
+                       ('"0.pool.ntp.org", "1.pool.ntp.org", ("10.0.0.1", 123)',
+                        '("127.0.0.1", %d), ("127.0.0.1", %d)' % (chrony.port, silent.getsockname()[1])))
+        out = run(mpy, "import time, tlsguard\nROOT = %s\n" % pyrepr(root_ca.der) + code
+                  + "print('offset', offset, 'year', time.gmtime()[0])\n", env=ntp_servers.faketime_env(tmp_path))
+    finally:
+        silent.close()
     m = re.search(r"offset (\S+) year (\d+)", out)
     # The device clock started at 2000-01-01: the sync moved it by more than 25 years, to now.
     assert m and float(m.group(1)) > 25 * 365 * 86400 and int(m.group(2)) == pki.NOW.year, out

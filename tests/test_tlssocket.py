@@ -2,9 +2,11 @@
 calls (blocking and non-blocking) side by side on one echo server; TLSError is an OSError with a
 meaningful errno; a non-blocking handshake still fails with the diagnosis."""
 import pki
+import servers
 from conftest import pyrepr
 
-SIDE_BY_SIDE = """
+# Device side: the port's own TLS socket and tlsguard's, to the same server, for side-by-side runs.
+TWO_SOCKETS = """
 import socket, time, tls, tlsguard
 ROOT = %s
 PORT = %d
@@ -21,10 +23,12 @@ def port_socket():
 
 def guard_socket():
     return tlsguard.SecureContext(cadata=ROOT).wrap_socket(tcp(), server_hostname="localhost")
+"""
 
+SIDE_BY_SIDE = TWO_SOCKETS + """
 def until(fn, *a):
     # A non-blocking call: None while it would block.
-    for _ in range(2000):
+    for _ in range(12000):
         r = fn(*a)
         if r is not None:
             return r
@@ -70,7 +74,7 @@ emit({"port_names": names(p), "guard_names": names(g), "port": exercise(p), "gua
 
 def test_same_methods_same_results(mpy, serve, root_ca, inter_ca):
     srv = serve(inter_ca.issue())
-    r = mpy.value(SIDE_BY_SIDE % (pyrepr(root_ca.der), srv.port), timeout=30)
+    r = mpy.value(SIDE_BY_SIDE % (pyrepr(root_ca.der), srv.port), timeout=90)
     missing = set(r["port_names"]) - set(r["guard_names"])
     assert not missing, missing
     assert {"recv", "recv_into", "send", "sendall", "settimeout", "fileno"} <= set(r["guard_names"])
@@ -138,7 +142,7 @@ ctx = tlsguard.SecureContext(%s)
 t = ctx.wrap_socket(s, server_hostname="localhost", do_handshake_on_connect=False)
 out = None
 try:
-    for _ in range(2000):
+    for _ in range(12000):
         if t.send(b"hello\\n") is not None:
             out = {"ok": True}
             break
@@ -191,3 +195,50 @@ def test_tlserror_is_an_oserror_with_errno_by_kind(mpy):
         assert code == want.get(kind, n["ECONNABORTED"]), kind
     assert r["caught"] == ["expired", "h.example", 0, "Renew", "leaf expired",
                            "expired for h.example (certificate depth 0): leaf expired Hint: " + r["caught"][5].split("Hint: ")[1]]
+
+
+class ByeServer(servers.PyTLSServer):
+    """TLS server that sends "bye\n" to each client and then ends the connection: with a TLS
+    close_notify (`notify`) or by closing TCP alone (what a dropped link or a crashed peer does)."""
+
+    def __init__(self, issued, folder, notify):
+        self.notify = notify
+        super().__init__(*issued.write(folder, "bye"))
+
+    def _handle(self, conn):
+        conn.settimeout(1)  # unwrap() waits for the client's close_notify, which may never come
+        try:
+            t = self.ctx.wrap_socket(conn, server_side=True)
+            t.sendall(b"bye\n")
+            if self.notify:
+                t.unwrap()
+        except OSError:
+            pass
+        conn.close()
+
+
+EOF_SCRIPT = TWO_SOCKETS + """
+def after_end(s):
+    out = [s.readline().decode()]
+    for _ in range(2):
+        try:
+            out.append(s.read(1))
+        except OSError as e:
+            out.append(["OSError", e.args[0], type(e).__name__])
+    s.close()
+    return out
+emit({"port": after_end(port_socket()), "guard": after_end(guard_socket())})
+"""
+
+
+def test_end_of_stream_same_as_the_port(mpy, tmp_path, root_ca, inter_ca):
+    """What a read returns once the server has gone (mqtt_as, for one, tells EOF from an error by
+    it): the same for TLSSocket as for the port's socket, with and without close_notify."""
+    for notify in (True, False):
+        srv = ByeServer(inter_ca.issue(), tmp_path, notify)
+        try:
+            r = mpy.value(EOF_SCRIPT % (pyrepr(root_ca.der), srv.port))
+        finally:
+            srv.close()
+        assert r["guard"] == r["port"], (notify, r)
+        assert r["port"] == ["bye\n", "", ""], r  # b"" for ever, no error

@@ -5,6 +5,7 @@ import datetime
 import hashlib
 import ipaddress
 import json
+import os
 import random
 
 import certifi
@@ -189,3 +190,113 @@ emit(out)
     assert r[1][0] == "ValueError" and "not the base64 of a SHA-256 digest" in r[1][1]
     assert r[2] == ["ValueError", "a pin set needs at least one pin"]
     assert r[3][0] == "ok" and "no backup pin" in r[3][1]
+
+
+def _dated(not_before, not_after, swap=()):
+    """A leaf with these validity dates, then (old, new) byte swaps in its DER (dates that
+    `cryptography` cannot write, such as Feb 30)."""
+    der = pki.CA("dates root").issue(not_before=not_before, not_after=not_after).der
+    for old, new in swap:
+        assert der.count(old) == 1
+        der = der.replace(old, new)
+    return der
+
+
+def test_impossible_dates_refused_not_rolled_over(mpy):
+    feb28 = datetime.datetime(2026, 2, 28, 12, 0, 0)
+    far = datetime.datetime(2060, 2, 28, 12, 0, 0)  # GeneralizedTime from 2050 on
+    cases = {
+        "feb30": _dated(feb28, far, [(b"260228120000Z", b"260230120000Z")]),
+        "apr31": _dated(datetime.datetime(2026, 4, 30), far, [(b"260430000000Z", b"260431000000Z")]),
+        "feb29_2027": _dated(feb28, far, [(b"20600228120000Z", b"20270229120000Z")]),
+        "feb29_2100": _dated(feb28, far, [(b"20600228120000Z", b"21000229120000Z")]),
+        "feb29_2028": _dated(feb28, far, [(b"20600228120000Z", b"20280229120000Z")]),
+        "feb29_2000": _dated(feb28, far, [(b"20600228120000Z", b"20000229120000Z")]),
+    }
+    r = mpy.value("""
+import tlsguard
+out = {}
+for name, der in %r.items():
+    try:
+        out[name] = tlsguard.Certificate(der).not_valid_after
+    except ValueError as e:
+        out[name] = str(e)
+emit(out)
+""" % cases)
+    for name in ("feb30", "apr31", "feb29_2027", "feb29_2100"):
+        assert r[name].startswith("X.509: validity time out of range at offset"), (name, r[name])
+    assert r["feb29_2028"] == int(datetime.datetime(2028, 2, 29, 12, tzinfo=datetime.timezone.utc).timestamp())
+    assert r["feb29_2000"] == int(datetime.datetime(2000, 2, 29, 12, tzinfo=datetime.timezone.utc).timestamp())
+
+
+def test_repeated_extension_refused(mpy):
+    """RFC 5280 4.2: an extension appears at most once. Reading one of two values would let a
+    certificate mean different things to different parsers."""
+    ca = pki.CA("dup root")
+    twice = pki.duplicate_extension(ca.issue(), ca.key)
+    r = mpy.value("""
+import tlsguard
+try:
+    tlsguard.Certificate(%r)
+    emit("parsed")
+except ValueError as e:
+    emit(str(e))
+""" % twice.der)
+    assert r.startswith("X.509: extension 2.5.29.17 repeated at offset"), r
+
+
+FUZZ = """
+import sys, binascii, tlsguard
+from tlsguard.x509 import subject_spki
+refused = 0
+for line in open(sys.argv[1]):
+    data = binascii.a2b_base64(line)
+    for read in (tlsguard.Certificate, subject_spki):
+        try:
+            read(data)
+        except ValueError as e:
+            refused += 1
+            if "offset" not in str(e):
+                print("no-offset", repr(str(e)))
+        except Exception as e:
+            print("other", type(e).__name__, repr(str(e)))
+emit(refused)
+"""
+
+
+def _fuzz(mpy, tmp_path, count, seed):
+    """Mutated certificates (bit flips, byte overwrites, cuts, insertions): every refusal is a
+    ValueError that names an offset (what README promises)."""
+    seeds = [pki.CA("fuzz root", kind="ec").issue(hosts=("fuzz.example", "10.0.0.1", "::1")).der,
+             pki.CA("fuzz rsa root", kind="rsa", path_length=1).der]
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        b = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(1, 4)):
+            op, pos = rng.randrange(4), rng.randrange(len(b))
+            if op == 0:
+                b[pos] ^= 1 << rng.randrange(8)
+            elif op == 1:
+                b[pos] = rng.randrange(256)
+            elif op == 2:
+                del b[pos:pos + rng.randrange(1, 8)]
+            else:
+                b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+        lines.append(base64.b64encode(bytes(b)).decode() or "=")
+    path = tmp_path / "fuzz.txt"
+    path.write_text("\n".join(lines) + "\n")
+    r = mpy.run(FUZZ, timeout=1800, args=[str(path)])
+    problems = sorted({line for line in r.stdout.splitlines() if line.startswith(("no-offset", "other"))})
+    assert not problems, problems[:20]
+    assert r.value > count  # most mutations are refused (by both readers)
+
+
+def test_fuzzed_certificates_refused_with_an_offset(mpy, tmp_path):
+    _fuzz(mpy, tmp_path, 5000, 7)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TLSGUARD_SLOW"), reason="long: set TLSGUARD_SLOW=1")
+def test_fuzzed_certificates_refused_with_an_offset_100k(mpy, tmp_path):
+    _fuzz(mpy, tmp_path, 100000, 11)

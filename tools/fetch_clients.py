@@ -38,6 +38,8 @@ MIP = {
 def _copy_shared(names, origin):
     for name in names:
         src = os.path.join(SHARED, name)
+        if not os.path.exists(src):
+            sys.exit("setup: cannot get %s: no route to its index and no %s" % (name, os.path.normpath(src)))
         dst = os.path.join(OUT, name)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         if os.path.isdir(src):

@@ -62,9 +62,9 @@ def parse(host):
     if name.startswith("["):
         raise _bad(host, "give an IPv6 address without brackets")
     if ":" in name:
-        from tlsguard.x509 import _ip
+        from tlsguard.x509 import ip_text
         ip = _ipv6(name)
-        return _ip(ip), ip
+        return ip_text(ip), ip
     if name.endswith("."):
         name = name[:-1]
     if not name:
@@ -98,7 +98,9 @@ def _cns(data, s, e):
 
 
 def _printable(raw):
-    return "".join(chr(b) if 0x20 < b < 0x7F else "?" for b in raw)
+    """A name's bytes for a message: ASCII as is, anything else (control bytes) as \\xNN, as
+    diagnose.printable shows certificate text."""
+    return "".join(chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b for b in raw)
 
 
 def mismatch(leaf, found, host, ip, cn_fallback):
@@ -111,13 +113,8 @@ def mismatch(leaf, found, host, ip, cn_fallback):
                 return None
         except ValueError:
             pass
-    from tlsguard.x509 import _ip
-    shown = ["DNS:" + _printable(n) for n in dns]
-    for a in ips:
-        try:
-            shown.append("IP:" + _ip(a))
-        except ValueError:
-            shown.append("IP:?")
+    from tlsguard.x509 import ip_text
+    shown = ["DNS:" + _printable(n) for n in dns] + ["IP:%s" % (ip_text(a) or "?") for a in ips]
     if not has_san:
         if cn_fallback:
             return "it has no subjectAltName and its subject CN does not name %r" % host

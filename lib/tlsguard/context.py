@@ -151,6 +151,8 @@ class SecureContext:
         ctx.set_ciphers(self.ciphers or [c for c in ctx.get_ciphers() if c.startswith("TLS-ECDHE-")])
         if self.mode == "verify" or (self.mode == "pin_only" and anchors):
             ctx.verify_mode = tls.CERT_REQUIRED
+            if not anchors and self._policy is not None:
+                anchors = (self._policy.no_anchor(),)
             for der in anchors:
                 ctx.load_verify_locations(der)
         elif self.mode == "pin_only":
@@ -182,7 +184,10 @@ class SecureContext:
             return ps
         return None
 
-    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None):
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, server_hostname=None,
+                    _reopen=None):
+        """_reopen (connect() gives it): opens a new TCP connection to the same server, so that a
+        failure can be diagnosed from the chain the server presents."""
         if server_side:
             raise ValueError("SecureContext is client-side only: serve with tlsguard.ServerContext(store=...)")
         try:
@@ -203,6 +208,8 @@ class SecureContext:
         anchors, learned = self._anchors_for(host, pinset)
         hs = Handshake(host, ip, pinset, self.identity is not None, anchors, learned, self.mode,
                        self.cn_fallback)
+        if _reopen is not None:
+            hs.refetch = (_reopen, self.ciphers)
         ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
         self.handshakes += 1
@@ -286,9 +293,11 @@ def connect(host, port, context=None, timeout=10):
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     except OSError as e:
         raise TLSError("network", "cannot resolve %s (%s)" % (host, e), host)
+    def reopen():
+        return _tcp(host, port, ai, timeout)
     try:
-        return context.wrap_socket(_tcp(host, port, ai, timeout), server_hostname=host)
+        return context.wrap_socket(reopen(), server_hostname=host, _reopen=reopen)
     except TLSError as e:
         if not getattr(e, "retry", False):
             raise
-    return context.wrap_socket(_tcp(host, port, ai, timeout), server_hostname=host)
+    return context.wrap_socket(reopen(), server_hostname=host, _reopen=reopen)

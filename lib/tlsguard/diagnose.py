@@ -30,13 +30,25 @@ _FLAGS = (
     ("validity has expired", "expired"),
     ("Common Name (CN) does not match", "hostname_mismatch"),
     ("unacceptable", "bad_certificate"),
-    ("Usage does not match", "bad_certificate"),
+    ("Usage does not match", "usage"),
     ("revoked", "bad_certificate"),
 )
+# mbedTLS codes of a certificate it could not parse (X509, PK and ASN.1 errors) or a Certificate
+# message it could not decode: the certificates themselves say what is wrong.
+_PARSE = (-0x7300, -0x7A00)
+_VERIFY_FAILED = -0x2700  # the flags did not fit MicroPython's 256-byte report
+
+
+def printable(text):
+    """Certificate text made safe for a log line: control characters (C0, DEL, C1) as \\xNN."""
+    out = ""
+    for ch in text:
+        out += "\\x%02x" % ord(ch) if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch
+    return out
 
 
 def _certs(hs):
-    """(depth, Certificate) of the chain the callback saw, leaf last; unreadable ones skipped."""
+    """(depth, Certificate) of the chain the callback saw, top first; unreadable ones skipped."""
     out = []
     for depth, raw in hs.chain:
         try:
@@ -57,7 +69,7 @@ def _expired(hs, host, certs, now):
     for depth, c in certs:
         if c.not_valid_after < now:
             return TLSError("expired", "certificate '%s' expired on %s (device clock %s)"
-                            % (c.subject, platform.date(c.not_valid_after), platform.date(now)),
+                            % (printable(c.subject), platform.date(c.not_valid_after), platform.date(now)),
                             host, depth)
     return TLSError("expired", "a certificate in the chain has expired", host)
 
@@ -66,7 +78,7 @@ def _future(hs, host, certs, now):
     for depth, c in certs:
         if c.not_valid_before > now:
             return TLSError("not_yet_valid", "certificate '%s' is valid from %s, device clock says %s"
-                            % (c.subject, platform.date(c.not_valid_before), platform.date(now)),
+                            % (printable(c.subject), platform.date(c.not_valid_before), platform.date(now)),
                             host, depth)
     return TLSError("not_yet_valid", "a certificate in the chain is not valid yet", host)
 
@@ -78,13 +90,16 @@ def _untrusted(hs, host, certs, anchors, note=None):
         return TLSError("untrusted_root", "the chain does not lead to a trusted root" + tail, host)
     depth, top = certs[0]
     if top.self_issued and depth == 0:
-        return TLSError("untrusted_root", "self-signed certificate '%s' is not trusted%s" % (top.subject, tail),
-                        host, 0)
+        return TLSError("untrusted_root", "self-signed certificate '%s' is not trusted%s"
+                        % (printable(top.subject), tail), host, 0)
     if top.self_issued:
-        return TLSError("untrusted_root", "root '%s' is not a trusted anchor%s" % (top.subject, tail),
+        return TLSError("untrusted_root", "root '%s' is not a trusted anchor%s" % (printable(top.subject), tail),
                         host, depth)
-    detail = "no trusted root for issuer '%s'" % top.issuer
-    if not top.is_ca:
+    detail = "no trusted root for issuer '%s'" % printable(top.issuer)
+    if any(Certificate(der).subject_der == top.issuer_der for der in anchors):
+        detail += (" (a trusted root of that name is loaded but its key does not verify the signature: "
+                   "another CA with the same name, or a corrupted signature)")
+    elif not top.is_ca:
         detail += " (the server sent no intermediate: it may be missing from its chain)"
     if note:
         detail += tail
@@ -94,43 +109,141 @@ def _untrusted(hs, host, certs, anchors, note=None):
 
 
 def _hostname(hs, host, certs):
+    """Our name check's words (Handshake.misnamed); mbedTLS's refusal of names ours accepts
+    (stricter on some detail) in the same form."""
+    if hs.misnamed is not None:
+        return hs.misnamed
     leaf = _leaf(certs)
-    if leaf is None:
-        return TLSError("hostname_mismatch", "certificate does not name '%s'" % host, host, 0)
-    names = leaf.dns_names + leaf.ip_addresses or [leaf.subject]
-    return TLSError("hostname_mismatch", "certificate names %s, not '%s'" % (", ".join(names), host),
-                    host, 0)
+    names = ["DNS:" + n for n in leaf.dns_names] + ["IP:" + a for a in leaf.ip_addresses] if leaf else []
+    return TLSError("hostname_mismatch", "the certificate is not valid for '%s': it names %s, not '%s'"
+                    % (host, printable(", ".join(names)) or "nothing", host), host, 0)
 
 
-def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR):
+def _dates(hs, host, certs, floor):
+    """The date fault of a chain that reached an anchor and was then refused for its leaf's
+    name, or None: mbedTLS would have named it first (not valid yet, expired)."""
+    now = platform.now()
+    future = any(c.not_valid_before > now for _, c in certs)
+    expired = any(c.not_valid_after < now for _, c in certs)
+    if (future or expired) and now < floor:
+        return _clock_unset(host, now, floor)
+    if future:
+        return _future(hs, host, certs, now)
+    return _expired(hs, host, certs, now) if expired else None
+
+
+def _clock_unset(host, now, floor):
+    return TLSError("clock_unset", "device clock reads %s, before %s: certificate dates cannot be checked"
+                    % (platform.date(now), platform.date(floor)), host)
+
+
+def _leaf_is_ca(certs):
+    """mbedTLS skips a certificate whose signature algorithm it does not know: when that is the
+    server's own, the intermediate above it stands in as the leaf."""
+    leaf = _leaf(certs)
+    return leaf is not None and leaf.is_ca
+
+
+_SKIPPED = (" (the certificate at depth 0 is a CA: if the server sent its own before it, mbedTLS "
+            "skipped that one for a signature algorithm it does not know)")
+
+
+def _presented(hs, host, usage=False):
+    """A fault in the certificates the server presents (read again when the connection can be
+    reopened, else the chain mbedTLS built), or None. usage: see chaincheck.presented_fault."""
+    raws = None
+    if hs.refetch is not None:
+        if hs.presented is None:  # one second look per handshake, however often it is diagnosed
+            from tlsguard import peerchain
+            hs.presented = (peerchain.fetch(hs.refetch[0], host, hs.refetch[1])[1],)
+        raws = hs.presented[0]
+        # A second look must show what the first handshake saw, or it explains nothing.
+        if raws is not None and any(raw not in raws and raw not in hs.anchors for _, raw in hs.chain):
+            raws = None
+    if raws is None:
+        if not hs.chain:
+            return None
+        raws = [raw for _, raw in sorted(hs.chain)]
+    from tlsguard import chaincheck
+    return chaincheck.presented_fault(raws, host, usage)
+
+
+def _not_trusted(hs, host, certs, anchors, note, explain):
+    err = None
+    if len(hs.chain) > 2 and hs.top() in anchors:
+        # The chain reached an anchor and still failed: a signature below it (chaincheck).
+        from tlsguard import chaincheck
+        err = chaincheck.bad_signature(chaincheck.recorded(hs), anchors, host)
+    if err is None and explain and certs and not certs[0][1].self_issued:
+        # The chain stops below a root: mbedTLS may have refused a certificate the server sent.
+        err = _presented(hs, host)
+    return err or _untrusted(hs, host, certs, anchors, note)
+
+
+def _usage(hs, host, text):
+    from tlsguard import chaincheck
+    facts = chaincheck.recorded(hs)
+    return chaincheck.chain_fault(facts, host) or TLSError("bad_certificate", text, host)
+
+
+def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first_contact=False):
     """The TLSError for exception `exc` raised during a handshake described by `hs`. `note`
-    replaces "no trust anchors are loaded" when anchors come from a search (the trust store)."""
+    replaces "no trust anchors are loaded" when anchors come from a search (the trust store).
+    `first_contact`: no anchor was loaded yet, so "not trusted" says nothing; the causes that do
+    not depend on the anchor come first."""
     if isinstance(exc, TLSError):
         return exc
     host = hs.host if hs else None
-    if hs is not None and hs.failure is not None:
-        return hs.failure
-    now = platform.now()
     certs = _certs(hs) if hs else []
+    if hs is not None and hs.failure is not None:
+        err = hs.failure
+        if err.kind in ("pin_mismatch", "hostname_mismatch") and _leaf_is_ca(certs):
+            # The certificate at depth 0 stands in for a leaf mbedTLS skipped: say why.
+            err = _presented(hs, host) or err
+            if err is hs.failure and hs.refetch is None:
+                err.detail += _SKIPPED
+        elif err.kind == "hostname_mismatch":
+            err = _dates(hs, host, certs, floor) or err
+        return err
+    now = platform.now()
+    code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
+    if code == _VERIFY_FAILED:
+        # Too many flags for the report: the dates are checked here, the rest as "not trusted".
+        text = "not correctly signed by the trusted CA"
+        for _, c in certs:
+            if c.not_valid_after < now:
+                text += "; validity has expired"
+            if c.not_valid_before > now:
+                text += "; validity starts in the future"
+        exc = ValueError(text)
     if isinstance(exc, ValueError):
         text = str(exc)
         if now < floor and ("future" in text or "expired" in text):
-            return TLSError("clock_unset", "device clock reads %s, before %s: certificate dates cannot be checked"
-                            % (platform.date(now), platform.date(floor)), host)
-        for needle, kind in _FLAGS:
-            if needle in text:
-                if kind == "expired":
-                    return _expired(hs, host, certs, now)
-                if kind == "not_yet_valid":
-                    return _future(hs, host, certs, now)
-                if kind == "untrusted_root":
-                    return _untrusted(hs, host, certs, anchors, note)
-                if kind == "hostname_mismatch":
+            return _clock_unset(host, now, floor)
+        # Our name check (hs.misnamed) counts as mbedTLS's own, which is looser on some names.
+        misnamed = hs is not None and hs.misnamed is not None
+        kinds = [kind for needle, kind in _FLAGS if needle in text or (misnamed and kind == "hostname_mismatch")]
+        if first_contact and len(kinds) > 1:
+            kinds.remove("untrusted_root")
+        for kind in kinds:
+            if kind == "expired":
+                return _expired(hs, host, certs, now)
+            if kind == "not_yet_valid":
+                return _future(hs, host, certs, now)
+            if kind == "untrusted_root":
+                return _not_trusted(hs, host, certs, anchors, note, not first_contact)
+            if kind == "hostname_mismatch":
+                if not _leaf_is_ca(certs):
                     return _hostname(hs, host, certs)
-                return TLSError(kind, text.strip().replace("\n", "; "), host)
-        return TLSError("bad_certificate", text.strip().replace("\n", "; "), host)
+                err = _presented(hs, host) or _hostname(hs, host, certs)
+                if err.kind == "hostname_mismatch" and hs.refetch is None:
+                    err.detail += _SKIPPED
+                return err
+            if kind == "usage":
+                return _usage(hs, host, printable(text.strip().replace("\n", "; ")))
+            return TLSError(kind, printable(text.strip().replace("\n", "; ")), host)
+        return TLSError("bad_certificate", printable(text.strip().replace("\n", "; ")), host)
     if isinstance(exc, OSError):
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
         if code in _PEER_ENDED and hs is not None and hs.chain:
             # The server's chain passed; what it refused is us.
             why = ("refused this device's client certificate" if hs.identity else
@@ -144,10 +257,20 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR):
                             "offers (TLS 1.2+, ECDHE): it may offer only old or weak ones", host)
         if code == -0x7680:  # MBEDTLS_ERR_SSL_CA_CHAIN_REQUIRED
             return _untrusted(hs, host, certs, (), note)
+        parse = code in _PARSE or -0x4000 < code <= -0x2000
+        if parse and hs is not None:
+            if code == -0x7A00 and certs and not _leaf_is_ca(certs):
+                # The chain was built: what mbedTLS refused is its use (keyUsage, EKU).
+                from tlsguard import chaincheck
+                err = chaincheck.chain_fault(chaincheck.recorded(hs), host)
+            else:
+                err = _presented(hs, host, True)
+            if err is not None:
+                return err
         if code in _BY_CODE:
             kind, detail = _BY_CODE[code]
             return TLSError(kind, detail, host)
-        if -0x3000 <= code <= -0x2000:
+        if parse:
             return TLSError("bad_certificate", "certificate could not be parsed (%s)" % _name(exc), host)
         if code > 0 or -0x0060 < code < 0:
             return TLSError("network", "socket error %s" % _name(exc), host)

@@ -9,14 +9,18 @@ network (the detail names the socket error), EOPNOTSUPP for unsupported, and ECO
 everything the device refused itself (certificate, pin, clock, protocol). Never EAGAIN,
 EINPROGRESS or ETIMEDOUT: clients take those for "try the same socket again" (mqtt_as's
 BUSY_ERRORS), which would hide the failure."""
-import errno as _errno
-
-_BY_KIND = {"handshake_failed": "ECONNREFUSED", "network": "ECONNRESET", "unsupported": "EOPNOTSUPP"}
 
 
 def kind_errno(kind):
-    """The errno a TLSError of `kind` carries by default (the port's own number)."""
-    return getattr(_errno, _BY_KIND.get(kind, "ECONNABORTED"))
+    """The errno a TLSError of `kind` carries (the port's own number)."""
+    import errno  # on the first error only, like the hints
+    if kind == "handshake_failed":
+        return errno.ECONNREFUSED
+    if kind == "network":
+        return errno.ECONNRESET
+    if kind == "unsupported":
+        return errno.EOPNOTSUPP
+    return errno.ECONNABORTED
 
 
 class TLSError(OSError):

@@ -30,6 +30,9 @@ class Handshake:
         self.accepted = False  # the leaf passed every check of ours
         self.chain = []
         self.failure = None
+        self.misnamed = None  # our name check's refusal, left for mbedTLS to end the handshake
+        self.refetch = None  # (reopen, ciphers) from connect(): to read the chain again on failure
+        self.presented = None  # (entries,) once that second look was taken: one per handshake
 
     def callback(self, cert, depth):
         # Runs inside mbedTLS: nothing may escape, a non-zero return aborts the handshake.
@@ -66,11 +69,20 @@ class Handshake:
                 return _ABORT
         # The name check is ours (RFC 6125), made before any application data can flow. In
         # pin_only mode a pinned leaf key is the server's identity; a CA pin vouches for names.
+        # Both cases run under CERT_REQUIRED.
         if self.host is not None and (self.mode == "verify" or self.anchors):
             why = hostname.check(raw, self.host, self.ip, self.cn_fallback)
             if why:
-                self.failure = TLSError("hostname_mismatch", "the certificate is not valid for '%s': %s"
-                                        % (self.host, why), self.host, 0)
+                err = TLSError("hostname_mismatch", "the certificate is not valid for '%s': %s"
+                               % (self.host, why), self.host, 0)
+                if self.top() not in self.anchors:
+                    # No anchor linked (mbedTLS links one only through a signature that
+                    # verifies): mbedTLS refuses the chain whatever we return, and its verify
+                    # report may name a more fundamental fault (not trusted, expired) that an
+                    # abort here would hide. The diagnosis weighs both.
+                    self.misnamed = err
+                    return 0
+                self.failure = err
                 return _ABORT
         self.accepted = True
         return 0

@@ -8,7 +8,7 @@ HINTS = {
     "untrusted_root": "Add the root CA that issued this chain (cadata=, the trust bundle, or the credential store), or make the server send its intermediates.",
     "pin_mismatch": "The server key is not one of the pinned keys: an intercepting proxy, or the server rotated keys; update the pins only if the change is legitimate.",
     "weak_protocol": "The server offers only TLS below 1.2: upgrade the server's TLS configuration.",
-    "bad_certificate": "A certificate in the chain is malformed or uses an unacceptable algorithm or key usage: reissue it.",
+    "bad_certificate": "The certificate at the depth named breaks a rule (issuer, path length, usage, signature) or uses what this device cannot check: reissue it.",
     "handshake_failed": "The server ended the handshake: check it accepts this device (client certificate, cipher suites) and its logs.",
     "network": "The network failed before TLS could finish: check Wi-Fi, DNS, the port and the server being up.",
     "unsupported": "This port cannot do what was asked (e.g. ESP8266's axTLS cannot verify certificates): use an ESP32 or another mbedTLS port.",

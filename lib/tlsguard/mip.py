@@ -22,7 +22,11 @@ def _github(url, version):
 
 
 def _url(url, version):
-    return _github(url, version) if url.startswith("github:") else url
+    if url.startswith("github:"):
+        return _github(url, version)
+    if not url.startswith("https://"):
+        raise InstallError("%r is not https:// (nor github:): it would not be authenticated" % url)
+    return url
 
 
 def _safe(path):

@@ -108,11 +108,13 @@ def _check_dates(cert, what, now):
     if now < platform.RELEASE_FLOOR:
         raise StoreError("clock_unset", "cannot check %s's validity: the device clock (%s) is not set"
                          % (what, platform.date(now)))
-    if cert.not_valid_after <= now:
-        raise StoreError("expired", "%s '%s' expired on %s" % (what, cert.subject, platform.date(cert.not_valid_after)))
-    if cert.not_valid_before > now:
+    if cert.not_valid_after <= now or cert.not_valid_before > now:
+        from tlsguard.diagnose import printable  # certificate text is escaped in every message
+        if cert.not_valid_after <= now:
+            raise StoreError("expired", "%s '%s' expired on %s"
+                             % (what, printable(cert.subject), platform.date(cert.not_valid_after)))
         raise StoreError("not_yet_valid", "%s '%s' is valid only from %s"
-                         % (what, cert.subject, platform.date(cert.not_valid_before)))
+                         % (what, printable(cert.subject), platform.date(cert.not_valid_before)))
 
 
 def _parse(der, what):

@@ -10,6 +10,14 @@ from tlsguard.x509 import Certificate, subject_spki
 # this many anchors each.
 _PENDING_HOSTS = 4
 _MAX_FOUND = 4
+# Loaded on first contact, when no anchor is known: with no CA at all mbedTLS reports only
+# CA_CHAIN_REQUIRED and drops its verify flags (expired, hostname, key usage), which do not depend
+# on the anchor. Nothing chains to it: its key was thrown away, and it expired in 2000.
+_NO_ANCHOR = ("MIIBJjCBzaADAgECAgEBMAoGCCqGSM49BAMCMB0xGzAZBgNVBAMMEnRsc2d1YXJkIG5vIGFuY2hvcjAeFw0wMDAx"
+              "MDEwMDAwMDBaFw0wMDAxMDIwMDAwMDBaMB0xGzAZBgNVBAMMEnRsc2d1YXJkIG5vIGFuY2hvcjBZMBMGByqGSM49"
+              "AgEGCCqGSM49AwEHA0IABDZ/MKafT1D+zhv8lDozISLnBN6TBzDZcsWK2nFT1xTTdddXjCS5ycIORBVNwIIeMrlF"
+              "sNq2RvWgOpszAbOIv10wCgYIKoZIzj0EAwIDSAAwRQIhANikXXDZg8uv+YkWr252+ZWvgskjinCTA3zk1ZoWN8qO"
+              "AiAR/2BwncDkO9KYuAqTdGLNh/4ZnBNTYvOvrsIO9c7Mzg==")
 
 
 class TrustPolicy:
@@ -33,6 +41,11 @@ class TrustPolicy:
                 if der not in out and spki_ref(subject_spki(der)[1]) == ref:
                     out.append(der)
         return out, False
+
+    @staticmethod
+    def no_anchor():
+        import binascii
+        return binascii.a2b_base64(_NO_ANCHOR)
 
     def lookup(self, subject):
         """Anchors with this subject DN: private roots first, then the bundle."""
@@ -61,7 +74,7 @@ class TrustPolicy:
         """The TLSError for a failed handshake; an untrusted chain whose anchors the store holds
         becomes a retryable error, the anchors kept for the next connection to this host."""
         from tlsguard.diagnose import diagnose
-        err = diagnose(exc, hs, hs.anchors, floor=floor)
+        err = diagnose(exc, hs, hs.anchors, floor=floor, first_contact=not hs.anchors)
         host = hs.host
         if hs.learned:
             # Anchors found from a chain that was then refused, for whatever reason: dropped.
@@ -81,7 +94,8 @@ class TrustPolicy:
         if len(self.pending) >= _PENDING_HOSTS:
             self.pending.pop(next(iter(self.pending)))
         self.pending[host] = found
-        names = ", ".join("'%s'" % Certificate(der).subject for der in found)
+        from tlsguard.diagnose import printable
+        names = ", ".join("'%s'" % printable(Certificate(der).subject) for der in found)
         err = TLSError("untrusted_root", "anchor not loaded yet (first contact, or the server changed CA): "
                        "found %s in the trust store; the next connection will verify with it" % names,
                        host, None, "Connect again (tlsguard.connect does it by itself): first contact "

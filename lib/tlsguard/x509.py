@@ -22,6 +22,9 @@ def days_from_civil(y, m, d):
     return era * 146097 + doe - 719468
 
 
+_MONTH_DAYS = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"
+
+
 def _digits(buf, start, n):
     v = 0
     for i in range(start, start + n):
@@ -47,7 +50,8 @@ def _time(buf, pos, end):
     if buf[e - 1] != 0x5A:
         raise ValueError("X.509: validity time not in UTC at offset %d" % pos)
     mo, d, h, mi, sec = (_digits(buf, s + 2 * i, 2) for i in range(5))
-    if not (1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and sec < 60):
+    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo - 1] + leap and h < 24 and mi < 60 and sec < 60):
         raise ValueError("X.509: validity time out of range at offset %d" % pos)
     return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec, e
 
@@ -85,6 +89,9 @@ def _text(buf, tag, s, e):
 def _escape(v):
     out = ""
     for i, ch in enumerate(v):
+        if ch == "\0":  # RFC 4514 2.4
+            out += "\\00"
+            continue
         if ch in ',+"\\<>;' or (i == 0 and ch in "# ") or (i == len(v) - 1 and ch == " "):
             out += "\\"
         out += ch
@@ -129,7 +136,8 @@ def _bits(buf, pos, end, what):
     return e
 
 
-def _ip(raw):
+def ip_text(raw):
+    """An IP address (4 or 16 bytes) as text, IPv6 in its RFC 5952 form; None for another length."""
     if len(raw) == 4:
         return "%d.%d.%d.%d" % tuple(raw)
     if len(raw) == 16:
@@ -146,7 +154,14 @@ def _ip(raw):
         if best[1]:
             return ":".join(groups[:best[0]]) + "::" + ":".join(groups[best[1]:])
         return ":".join(groups)
-    raise ValueError("X.509: IP address of %d bytes in SAN" % len(raw))
+    return None
+
+
+def _ip(raw, pos):
+    text = ip_text(raw)
+    if text is None:
+        raise ValueError("X.509: IP address of %d bytes in SAN at offset %d" % (len(raw), pos))
+    return text
 
 
 def subject_spki(data):
@@ -177,21 +192,21 @@ class Certificate:
         end = len(buf)
         cs, ce = der.expect(buf, 0, end, 0x30, "Certificate")
         if ce != end:
-            raise ValueError("X.509: %d trailing bytes after the certificate" % (end - ce))
+            raise ValueError("X.509: %d trailing bytes after the certificate at offset %d" % (end - ce, ce))
         ts, te = der.expect(buf, cs, ce, 0x30, "TBSCertificate")
         se = _algorithm(buf, te, ce)
         if _bits(buf, se, ce, "signature") != ce:
-            raise ValueError("X.509: trailing bytes inside the certificate")
+            raise ValueError("X.509: trailing bytes inside the certificate at offset %d" % se)
         pos = ts
         self.version = 1
         tag, s, e = der.item(buf, pos, te)
         if tag == 0xA0:
             vs, ve = der.expect(buf, s, e, 0x02, "version")
             if ve != e:
-                raise ValueError("X.509: bad version field")
+                raise ValueError("X.509: bad version field at offset %d" % pos)
             self.version = der.integer(buf, vs, ve) + 1
             if self.version not in (2, 3):  # v1 is encoded by leaving the field out
-                raise ValueError("X.509: unknown version %d" % self.version)
+                raise ValueError("X.509: unknown version %d at offset %d" % (self.version, vs))
             pos = e
         s, e = der.expect(buf, pos, te, 0x02, "serialNumber")
         self.serial = der.integer(buf, s, e)
@@ -201,13 +216,13 @@ class Certificate:
         self.not_valid_before, p = _time(buf, vs, ve)
         self.not_valid_after, p = _time(buf, p, ve)
         if p != ve:
-            raise ValueError("X.509: trailing bytes in validity")
+            raise ValueError("X.509: trailing bytes in validity at offset %d" % p)
         self._subject = self._span(ve, te, "subject")
         self._spki = self._span(self._subject[1], te, "subjectPublicKeyInfo")
         ks, ke = der.expect(buf, self._spki[0], te, 0x30, "subjectPublicKeyInfo")
         ks = _algorithm(buf, ks, ke)
         if _bits(buf, ks, ke, "subjectPublicKey") != ke:
-            raise ValueError("X.509: trailing bytes in subjectPublicKeyInfo")
+            raise ValueError("X.509: trailing bytes in subjectPublicKeyInfo at offset %d" % ks)
         self.dns_names = []
         self.ip_addresses = []
         self.is_ca = False
@@ -238,40 +253,50 @@ class Certificate:
         buf = self.der
         ls, le = der.expect(buf, s, e, 0x30, "extensions")
         if le != e:
-            raise ValueError("X.509: trailing bytes after extensions")
+            raise ValueError("X.509: trailing bytes after extensions at offset %d" % le)
+        seen = []
         for tag, xs, xe in der.items(buf, ls, le):
             if tag != 0x30:
                 raise ValueError("X.509: bad extension at offset %d" % xs)
             os_, oe = der.expect(buf, xs, xe, 0x06, "extension id")
             t, vs, ve = der.item(buf, oe, xe)
-            if t == 0x01:  # critical: DER encodes only TRUE, as 0xFF
+            critical = t == 0x01
+            if critical:  # DER encodes only TRUE, as 0xFF
                 if ve - vs != 1 or buf[vs] != 0xFF:
                     raise ValueError("X.509: bad critical flag at offset %d" % vs)
                 t, vs, ve = der.item(buf, ve, xe)
             if t != 0x04 or ve != xe:
                 raise ValueError("X.509: bad extension value at offset %d" % xs)
             ext_id = buf[os_:oe]
-            if ext_id == _SAN:
-                self._san(vs, ve)
-            elif ext_id == _BASIC:
-                self._basic(vs, ve)
+            # RFC 5280 4.2: at most one instance of an extension (mbedTLS refuses repeats too).
+            if ext_id in seen:
+                raise ValueError("X.509: extension %s repeated at offset %d" % (der.oid(buf, os_, oe), xs))
+            seen.append(ext_id)
+            self._extension(ext_id, critical, vs, ve)
+
+    def _extension(self, ext_id, critical, vs, ve):
+        """One extension (id DER, critical, value span); subclasses read more of them."""
+        if ext_id == _SAN:
+            self._san(vs, ve)
+        elif ext_id == _BASIC:
+            self._basic(vs, ve)
 
     def _san(self, s, e):
         buf = self.der
         ss, se = der.expect(buf, s, e, 0x30, "subjectAltName")
         if se != e:
-            raise ValueError("X.509: trailing bytes in subjectAltName")
+            raise ValueError("X.509: trailing bytes in subjectAltName at offset %d" % se)
         for tag, gs, ge in der.items(buf, ss, se):
             if tag == 0x82:
                 self.dns_names.append(_text(buf, 0x16, gs, ge))
             elif tag == 0x87:
-                self.ip_addresses.append(_ip(buf[gs:ge]))
+                self.ip_addresses.append(_ip(buf[gs:ge], gs))
 
     def _basic(self, s, e):
         buf = self.der
         bs, be = der.expect(buf, s, e, 0x30, "basicConstraints")
         if be != e:
-            raise ValueError("X.509: trailing bytes in basicConstraints")
+            raise ValueError("X.509: trailing bytes in basicConstraints at offset %d" % be)
         for tag, vs, ve in der.items(buf, bs, be):
             if tag == 0x01 and ve - vs == 1 and buf[vs] == 0xFF:
                 self.is_ca = True

@@ -100,3 +100,22 @@ def write_private(path, data):
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def write_atomic(path, data, private=False):
+    """Replace `path` with `data` in one rename: a reader (or a crash) sees the old file or the new
+    one, never a part. `private` creates it 0600."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if private:
+                os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

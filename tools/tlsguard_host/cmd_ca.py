@@ -6,6 +6,7 @@ import sys
 import threading
 
 from tlsguard_host import ca as ca_mod
+from tlsguard_host import cmd_ca_acme
 from tlsguard_host.certfile import common_name, pem, read_file, spki_pin
 from tlsguard_host.cli import CLIError
 from tlsguard_host.progress import Progress
@@ -88,6 +89,11 @@ def _device_ids(args):
 
 def run_issue(args):
     devices = _device_ids(args)
+    if cmd_ca_acme.configured(args.dir):
+        return cmd_ca_acme.run_issue(args, devices, passphrase(args))
+    if args.renew:
+        raise CLIError("--renew is for a CA folder set up with `tlsguard ca acme-init`; the local CA "
+                       "issues a new key with --force")
     ca = _ca(args)
     bar = Progress(len(devices), "issuing") if len(devices) > 1 else None
     for device_id, dns, ips in devices:
@@ -121,19 +127,24 @@ def run_import(args):
 def run_sign(args):
     from cryptography import x509
 
+    from tlsguard_host.certfile import write_atomic
     from tlsguard_host.issuer import IssueError, LocalIssuer, Policy
     csr = read_file(args.csr, "CSR file")
-    # By hand the operator is the policy: any name, unless --allow narrows it.
-    policy = Policy(args.allow or ("*",), args.days)
     try:
-        ders = LocalIssuer(_ca(args)).issue(csr, policy)
+        if cmd_ca_acme.configured(args.dir):
+            # The names allowed at acme-init always apply; --allow narrows them further.
+            from tlsguard_host.acme_issuer import AcmeIssuer
+            with AcmeIssuer(args.dir, passphrase(args)) as issuer:
+                ders = issuer.issue(csr, Policy(args.allow, require_cn=False) if args.allow else None)
+        else:
+            # By hand the operator is the policy: any name, unless --allow narrows it.
+            ders = LocalIssuer(_ca(args)).issue(csr, Policy(args.allow or ("*",), args.days))
     except IssueError as e:
         raise CLIError("%s: %s" % (args.csr, e.detail))
     certs = [x509.load_der_x509_certificate(d) for d in ders]
     out = b"".join(pem(c) for c in certs)
     if args.out:
-        with open(args.out, "wb") as f:
-            f.write(out)
+        write_atomic(args.out, out)
         cert = certs[0]
         print("signed %s: serial %x, valid to %s, written to %s" % (
             common_name(cert.subject), cert.serial_number, cert.not_valid_after_utc.date(), args.out))
@@ -150,7 +161,8 @@ def _est_dir(args):
 def run_secret(args):
     from tlsguard_host.est_server import Secrets
     device_id = ca_mod.check_device_id(args.device_id)
-    ca_mod.PrivateCA(args.dir).root()  # a CA must exist
+    if not cmd_ca_acme.configured(args.dir):
+        ca_mod.PrivateCA(args.dir).root()  # a CA must exist
     secret = Secrets(os.path.join(_est_dir(args), "secrets.json")).create(device_id, args.hours)
     print(secret)
     print("one-time enrollment secret for %s, valid %g hours: give it to the device only"
@@ -176,34 +188,36 @@ def run_serve(args):
     from cryptography.hazmat.primitives import serialization
     from tlsguard_host.est_server import EST, Secrets
     from tlsguard_host.issuer import LocalIssuer, Policy
-    ca = _ca(args)
-    issuing, _ = ca.issuing()  # asks for the passphrase now, not at the first request
-    root = ca.root()
-    folder = _est_dir(args)
-    if args.cert:
-        if not args.key:
-            raise CLIError("--cert needs --key")
-        crt, key = args.cert, args.key
+    if cmd_ca_acme.configured(args.dir):
+        issuer, crt, key, trusted = cmd_ca_acme.serve_parts(args, passphrase(args))
     else:
-        crt, key = _server_identity(ca, folder, args.name or ["localhost", args.host])
-    clients = os.path.join(folder, "client-cas.pem")
+        ca = _ca(args)
+        issuing, _ = ca.issuing()  # asks for the passphrase now, not at the first request
+        issuer, trusted = LocalIssuer(ca), [issuing, ca.root()]
+        if args.cert:
+            if not args.key:
+                raise CLIError("--cert needs --key")
+            crt, key = args.cert, args.key
+        else:
+            crt, key = _server_identity(ca, _est_dir(args), args.name or ["localhost", args.host])
+    clients = os.path.join(_est_dir(args), "client-cas.pem")
     with open(clients, "wb") as f:
-        f.write(pem(issuing) + pem(root))
+        f.write(b"".join(pem(c) for c in trusted))
         for path in args.factory_ca or ():
             f.write(read_file(path, "--factory-ca file"))
     try:
         policy = Policy(args.allow or ["{id}"], args.days)
     except ValueError as e:
         raise CLIError(str(e))
-    est = EST(LocalIssuer(ca), policy, crt, key, clients,
-              [c.public_bytes(serialization.Encoding.DER) for c in (issuing, root)],
-              Secrets(os.path.join(folder, "secrets.json")), args.max_csr)
+    est = EST(issuer, policy, crt, key, clients, [c.public_bytes(serialization.Encoding.DER) for c in trusted],
+              Secrets(os.path.join(_est_dir(args), "secrets.json")), args.max_csr)
     try:
         host, port = est.serve(args.host, args.port)
     except OSError as e:
         raise CLIError("cannot listen on %s:%d: %s" % (args.host, args.port, e))
-    print("serving EST on https://%s:%d%s (names: %s; %d days)" % (
-        host, port, "/.well-known/est", ", ".join(policy.names), policy.days), flush=True)
+    lifetime = "lifetime set by the ACME CA" if cmd_ca_acme.configured(args.dir) else "%d days" % policy.days
+    print("serving EST on https://%s:%d%s (names: %s; %s)" % (
+        host, port, "/.well-known/est", ", ".join(policy.names), lifetime), flush=True)
     import signal
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=est.shutdown).start())
     est.serve_forever()
@@ -240,6 +254,9 @@ def register(sub):
 
     q = csub.add_parser("issue", help="key + certificate for one device or a batch")
     _device_args(q)
+    q.add_argument("--renew", action="store_true", help="ACME: new certificate for the device's current key")
+    q.add_argument("--jobs", type=int, default=cmd_ca_acme.DEFAULT_JOBS,
+                   help="ACME: orders in flight at once (default %(default)s)")
     q.add_argument("--key-type", choices=ca_mod.KINDS, help="device key type (default: the CA's)")
     q.add_argument("--days", type=int, default=ca_mod.DEVICE_DAYS, help="validity in days (default %(default)s)")
     _passphrase_args(q)
@@ -260,6 +277,9 @@ def register(sub):
     _passphrase_args(q)
     q.set_defaults(func=run_sign)
 
+    q = cmd_ca_acme.register(csub, _passphrase_args)
+    q.set_defaults(func=lambda args: cmd_ca_acme.run_acme_init(args, passphrase(args, creating=True)))
+
     q = csub.add_parser("serve", help="EST server (RFC 7030): devices enroll and renew over mutual TLS")
     q.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     q.add_argument("--port", type=int, default=8443, help="port (default %(default)s; 0: any free port)")
@@ -272,6 +292,8 @@ def register(sub):
     q.add_argument("--name", action="append", help="DNS name or IP in the server certificate (default localhost, --host)")
     q.add_argument("--cert", help="server certificate chain PEM instead of one issued by the CA")
     q.add_argument("--key", help="its private key PEM")
+    q.add_argument("--acme-ca", metavar="PEM", help="ACME mode: the ACME CA's root (and intermediates): "
+                   "renewing devices chain to it, /cacerts serves it")
     _passphrase_args(q)
     q.set_defaults(func=run_serve)
 

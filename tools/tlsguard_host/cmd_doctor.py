@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tlsguard_host import chainfaults
 from tlsguard_host.certfile import common_name, load_certs, read_file, spki_der, spki_pin
 from tlsguard_host.cli import CLIError
 from tlsguard_host.cmd_mpy import ROOT
@@ -66,24 +67,37 @@ def chain_to_anchor(chain, anchors):
     return path, None
 
 
+def _dns_matches(pattern, name):
+    """RFC 6125 6.4 as the device applies it: exact, or '*' as the whole left-most label for
+    exactly one label, never directly under a single-label suffix."""
+    pattern = pattern.lower().rstrip(".")
+    if pattern == name:
+        return True
+    if not pattern.startswith("*.") or "*" in pattern[2:] or "." not in pattern[2:]:
+        return False
+    first, _, tail = name.partition(".")
+    return first != "" and tail == pattern[2:]
+
+
 def hostname_matches(cert, name):
+    """(matches, names the leaf carries, why not: worded as the device words it). Like the
+    device without cn_fallback: an IP matches IP SANs only, a name DNS SANs only, no CN."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        return common_name(cert.subject).lower() == name.lower(), [common_name(cert.subject)]
+        return False, [cert.subject.rfc4514_string()], (
+            "it has no subjectAltName (a subject CN is used only with cn_fallback=True)")
     dns = san.get_values_for_type(x509.DNSName)
     ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-    try:
-        return str(ipaddress.ip_address(name)) in ips, dns + ips
-    except ValueError:
-        pass
+    shown = chainfaults.printable(", ".join(["DNS:" + d for d in dns] + ["IP:" + a for a in ips]))
     name = name.lower().rstrip(".")
-    for pattern in dns:
-        pattern = pattern.lower()
-        if pattern == name or (pattern.startswith("*.") and name.split(".", 1)[-1] == pattern[2:]
-                               and "." in name):
-            return True, dns + ips
-    return False, dns + ips
+    try:
+        ip = str(ipaddress.ip_address(name))
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return ip in ips, dns + ips, "it names %s; an IP address matches only an IP SAN" % shown
+    return (any(_dns_matches(d, name) for d in dns), dns + ips, "it names %s, not '%s'" % (shown, name))
 
 
 def _weakness(cert):
@@ -95,30 +109,44 @@ def _weakness(cert):
     return None
 
 
-def verdict(versions, chain, path, anchor, name_ok, pins, now):
-    """(kind or None, reason), in the order the device meets the problems."""
-    if "TLSv1.2" not in versions and "TLSv1.3" not in versions:
-        return "weak_protocol", "the server accepts only %s" % (", ".join(versions) or "no version we tried")
+def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), host=None):
+    """(kind or None, depth or None, reason), in the order the device meets the problems.
+    `names`: hostname_matches()."""
+    chain = presented.chain
+    if not {"TLSv1.2", "TLSv1.3"}.intersection(versions + [presented.version]):
+        return "weak_protocol", None, "the server accepts only %s" % (", ".join(versions) or "no version we tried")
+    fault = chainfaults.parse_fault(presented)
+    if fault:
+        return ("bad_certificate",) + fault
     if pins and not {spki_pin(c) for c in chain} & set(pins):
-        return "pin_mismatch", "no certificate of the chain matches the given pins"
+        return "pin_mismatch", None, "no certificate of the chain matches the given pins"
     checked = path + ([anchor[0]] if anchor else [])
     for c in path:
         weak = _weakness(c)
         if weak:
-            return "bad_certificate", "'%s': %s" % (common_name(c.subject), weak)
+            return "bad_certificate", None, "'%s': %s" % (common_name(c.subject), weak)
     for c in checked:
         if c.not_valid_before_utc > now:
-            return "not_yet_valid", "'%s' is valid from %s" % (common_name(c.subject), c.not_valid_before_utc.date())
+            return "not_yet_valid", None, "'%s' is valid from %s" % (common_name(c.subject), c.not_valid_before_utc.date())
+    fault = chainfaults.issuer_fault(chain)
+    for a in anchors:
+        fault = fault or chainfaults.signature_fault(chain, a)
+    if fault:
+        return ("bad_certificate",) + fault
     if anchor is None:
         top = path[-1]
-        return "untrusted_root", "no trusted anchor for issuer '%s'%s" % (
+        return "untrusted_root", None, "no trusted anchor for issuer '%s'%s" % (
             common_name(top.issuer), "" if top.issuer != top.subject else " (self-signed)")
     for c in checked:
         if c.not_valid_after_utc < now:
-            return "expired", "'%s' expired on %s" % (common_name(c.subject), c.not_valid_after_utc.date())
-    if not name_ok:
-        return "hostname_mismatch", "the certificate does not name the host"
-    return None, "a device with this trust and a set clock would connect"
+            return "expired", None, "'%s' expired on %s" % (common_name(c.subject), c.not_valid_after_utc.date())
+    if not names[0]:
+        return "hostname_mismatch", 0, "the certificate is not valid for '%s': %s" % (host.lower().rstrip("."),
+                                                                                    names[2])
+    fault = chainfaults.eku_fault(chain[0])
+    if fault:
+        return ("bad_certificate",) + fault
+    return None, None, "a device with this trust and a set clock would connect"
 
 
 def run(args):
@@ -134,23 +162,32 @@ def run(args):
     print("server %s:%d (checked as %s): %s, %s" % (host, port, name, presented.version, presented.cipher))
     print("TLS versions accepted: %s" % (", ".join(versions) or "none"))
     print("chain presented (%d):" % len(presented.chain))
+    printable = chainfaults.printable
     for depth, c in enumerate(presented.chain):
         left = c.not_valid_after_utc - now
         note = " EXPIRED" if left.total_seconds() < 0 else (" expires in %d days" % left.days if left < SOON else "")
         print("  %d %s\n    issuer %s\n    valid %s .. %s%s\n    %s" % (
-            depth, c.subject.rfc4514_string(), c.issuer.rfc4514_string(), c.not_valid_before_utc.date(),
-            c.not_valid_after_utc.date(), note, spki_pin(c)))
-    name_ok, names = hostname_matches(presented.chain[0], name)
-    print("hostname: %s %s (certificate names: %s)" % (name, "matches" if name_ok else "DOES NOT match",
-                                                        ", ".join(names)))
-    path, anchor = chain_to_anchor(presented.chain, anchors)
-    if anchor:
-        print("chains to: %s (%s)" % (anchor[0].subject.rfc4514_string(), anchor[1]))
+            depth, printable(c.subject.rfc4514_string()), printable(c.issuer.rfc4514_string()),
+            c.not_valid_before_utc.date(), c.not_valid_after_utc.date(), note, spki_pin(c)))
+    if presented.unreadable or len(presented.chain) < len(presented.raw):
+        print("  (%d of %d entries could not be read as certificates)"
+              % (len(presented.raw) - len(presented.chain), len(presented.raw)))
+    if not presented.chain:
+        names, path, anchor = (False, [], ""), [], None
     else:
-        print("chains to: no trusted anchor among %d" % len(anchors))
-    kind, reason = verdict(versions, presented.chain, path, anchor, name_ok, args.pin, now)
+        names = hostname_matches(presented.chain[0], name)
+        print("hostname: %s %s (certificate names: %s)" % (name, "matches" if names[0] else "DOES NOT match",
+                                                            printable(", ".join(names[1]))))
+        path, anchor = chain_to_anchor(presented.chain, anchors)
+        if anchor:
+            print("chains to: %s (%s)" % (printable(anchor[0].subject.rfc4514_string()), anchor[1]))
+        else:
+            print("chains to: no trusted anchor among %d" % len(anchors))
+    kind, depth, reason = verdict(versions, presented, path, anchor, names, args.pin, now,
+                                  [a for a, _ in anchors], name)
     if kind:
-        print("device would get: %s: %s" % (kind, reason))
+        print("device would get: %s%s: %s" % (kind, "" if depth is None else " (certificate depth %d)" % depth,
+                                              reason))
         return 1
     print("device would get: no error (%s; an unset clock still gives clock_unset)" % reason)
     return 0

@@ -1,0 +1,371 @@
+"""Every refusal names its real cause. For each broken chain a real server presents (CPython ssl,
+or a scripted TLS server where a real stack refuses to send it), the device (MicroPython unix
+port, mbedTLS) reports the kind, the depth at fault and a message naming the cause, and
+`tlsguard doctor` predicts the same kind, depth and message."""
+import re
+
+import pytest
+from cryptography import x509
+
+import pki
+import servers
+from conftest import pyrepr
+from fakeboard import tlsguard
+from tlsguard_host import bundle
+
+DEVICE = """
+import socket, tlsguard
+def connect(port, **kw):
+    try:
+        tlsguard.connect("localhost", port, context=tlsguard.SecureContext(**kw), timeout=10).close()
+        return None
+    except tlsguard.TLSError as e:
+        return [e.kind, e.depth, e.detail]
+def wrap(port, ctx):
+    sock = socket.socket()
+    sock.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+    try:
+        ctx.wrap_socket(sock, server_hostname="localhost").close()
+        return None
+    except tlsguard.TLSError as e:
+        return [e.kind, e.depth, e.detail, getattr(e, "retry", False)]
+"""
+
+
+@pytest.fixture(scope="module")
+def root():
+    return pki.CA("diagnosis root")
+
+
+@pytest.fixture(scope="module")
+def inter(root):
+    return root.intermediate("diagnosis inter")
+
+
+def _pathlen(root, inter):
+    return root.intermediate("pathlen zero", path_length=0).intermediate("below pathlen zero").issue()
+
+
+def _not_ca(root, inter):
+    return pki.CA("not a CA", parent=inter, ca=False).issue()
+
+
+def _no_keycertsign(root, inter):
+    return pki.CA("no keyCertSign", parent=inter, key_cert_sign=False).issue()
+
+
+def _bad_signature(root, inter):
+    return pki.bad_signature(inter.issue())
+
+
+def _client_only(root, inter):
+    return inter.issue(client=True, server=False)
+
+
+def _name_constraints(root, inter):
+    nc = x509.NameConstraints(permitted_subtrees=[x509.DNSName("localhost")], excluded_subtrees=None)
+    return root.intermediate("constrained inter", extra=[(nc, True)]).issue()
+
+
+def _sha3_leaf(root, inter):
+    return inter.issue(sig="sha3")
+
+
+def _pss_leaf(root, inter):
+    rsa_inter = root.intermediate("rsa inter", kind="rsa")
+    return rsa_inter.issue(kind="ec", sig="pss")
+
+
+def _control_names(root, inter):
+    return inter.issue(hosts=("a\x00b.example", "evil\x1b[2J.example"), cn="x\x07y")
+
+
+# name: (chain builder, kind, depth, start of the message)
+TLS_ROWS = {
+    "pathlen": (_pathlen, "bad_certificate", 2, "path length exceeded at depth 2: 'CN=pathlen zero,O=tlsguard tests' "
+                "allows 0 CA certificate(s) below it (pathLen), the chain has 1"),
+    "not_ca": (_not_ca, "bad_certificate", 1, "certificate at depth 1 'CN=not a CA,O=tlsguard tests' may not issue "
+               "certificates (basicConstraints: not a CA) but issued the leaf"),
+    "no_keycertsign": (_no_keycertsign, "bad_certificate", 1, "certificate at depth 1 'CN=no keyCertSign,O=tlsguard "
+                       "tests' may not issue certificates (its keyUsage lacks keyCertSign)"),
+    "bad_signature": (_bad_signature, "bad_certificate", 0, "bad signature on the certificate at depth 0 "
+                      "'CN=localhost,O=tlsguard tests': it does not verify with the key of its issuer "
+                      "'CN=diagnosis inter,O=tlsguard tests'"),
+    "client_only": (_client_only, "bad_certificate", 0, "not valid for server authentication (EKU): the leaf "
+                    "'CN=localhost,O=tlsguard tests' is for clientAuth"),
+    "name_constraints": (_name_constraints, "bad_certificate", 1, "name constraints are not supported by this "
+                         "build: the certificate at depth 1 'CN=constrained inter,O=tlsguard tests' has a "
+                         "critical nameConstraints extension"),
+    "sha3_leaf": (_sha3_leaf, "bad_certificate", 0, "unsupported signature algorithm ecdsa-with-SHA3-256 "
+                  "(2.16.840.1.101.3.4.3.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
+    "pss_leaf": (_pss_leaf, "bad_certificate", 0, "unsupported signature algorithm RSASSA-PSS "
+                 "(1.2.840.113549.1.1.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
+    "control_names": (_control_names, "hostname_mismatch", 0, "the certificate is not valid for 'localhost': it "
+                      "names DNS:a\\x00b.example, DNS:evil\\x1b[2J.example, not 'localhost'"),
+}
+
+
+def device(mpy, code):
+    return mpy.value(DEVICE + code)
+
+
+def doctor(port, root_pem, *extra):
+    r = tlsguard("doctor", "127.0.0.1:%d" % port, "--name", "localhost", "--no-bundle", "--cafile", root_pem,
+                 *extra, timeout=120)
+    m = re.search(r"device would get: (\w+)(?: \(certificate depth (\d+)\))?: (.*)", r.stdout)
+    assert r.returncode == 1 and m, r.stdout + r.stderr
+    return [m.group(1), int(m.group(2)) if m.group(2) else None, m.group(3)]
+
+
+def _same(doc, dev, how):
+    if how == "all":
+        assert doc == dev[:3]
+    else:  # the parsers differ in how they word a DER error: the sentence up to it must agree
+        assert doc[:2] == dev[:2] and doc[2].split(": ")[0] == dev[2].split(": ")[0], (doc, dev)
+
+
+@pytest.fixture
+def root_pem(tmp_path, root):
+    path = tmp_path / "root.pem"
+    path.write_bytes(root.pem)
+    return path
+
+
+@pytest.mark.parametrize("row", sorted(TLS_ROWS))
+def test_each_broken_chain_names_its_cause(row, mpy, serve, root, inter, root_pem):
+    build, kind, depth, message = TLS_ROWS[row]
+    leaf = build(root, inter)
+    # OpenSSL's default security level refuses to serve a SHA-3 signature it cannot rate.
+    srv = serve(leaf, ciphers="DEFAULT:@SECLEVEL=0" if row == "sha3_leaf" else None)
+    got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
+    assert got[:2] == [kind, depth], got
+    assert got[2].startswith(message), got
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", got[2])
+    _same(doctor(srv.port, root_pem), got, "all")
+
+
+def test_unknown_leaf_algorithm_with_pins_is_not_called_interception(mpy, serve, root, inter, root_pem):
+    """mbedTLS skips the leaf it cannot read and checks the pins against the intermediate: the
+    diagnosis must name the algorithm, not a pin mismatch (which reads as an attack)."""
+    leaf = _sha3_leaf(root, inter)
+    srv = serve(leaf, ciphers="DEFAULT:@SECLEVEL=0")
+    pins = [pki.spki_pin(leaf.cert), pki.spki_pin(pki.CA("spare").cert)]
+    got = device(mpy, "emit(connect(%d, cadata=%s, pins={'localhost': %r}))" % (srv.port, pyrepr(root.der), pins))
+    assert got[:2] == ["bad_certificate", 0] and "unsupported signature algorithm" in got[2], got
+    _same(doctor(srv.port, root_pem, "--pin", pins[0], "--pin", pins[1]), got, "all")
+
+
+RAW_ROWS = {
+    # A 50-byte entry: mbedTLS refuses anything under 128 bytes before parsing.
+    "short": (lambda leaf, inter: [b"\x30\x30" + b"\x02\x01\x05" * 16], 0,
+              "malformed certificate from the server: the entry at depth 0 is 50 bytes, too short to be a "
+              "certificate", "all"),
+    "garbage_intermediate": (lambda leaf, inter: [leaf.der, b"\x30\x82\x01\x2c" + b"\xaa" * 300], 1,
+                             "malformed certificate from the server at depth 1: ", "sentence"),
+    # RFC 5280 4.2: an extension may appear once; mbedTLS and tlsguard's parser both refuse it.
+    "repeated_extension": (lambda leaf, inter: [pki.duplicate_extension(leaf, inter.key).der, inter.der], 0,
+                           "malformed certificate from the server at depth 0: X.509: extension 2.5.29.17 "
+                           "repeated at offset", "sentence"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(RAW_ROWS))
+def test_garbage_in_the_certificate_message(row, mpy, root, inter, root_pem):
+    entries, depth, message, how = RAW_ROWS[row]
+    srv = servers.RawTLSServer(entries(inter.issue(), inter))
+    try:
+        got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
+        assert got[:2] == ["bad_certificate", depth], got
+        assert got[2].startswith(message), got
+        _same(doctor(srv.port, root_pem), got, how)
+    finally:
+        srv.close()
+
+
+def test_broken_certificate_message(mpy, root):
+    """A Certificate message whose lengths do not add up (mbedTLS: DECODE_ERROR, which a port
+    that does not speak TLS gives too): the second look finds the message and says so."""
+    import socket
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(2)
+
+    def answer():
+        for _ in range(2):
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                return
+            c.recv(4096)
+            c.sendall(b"\x16\x03\x03\x00\x04\x0b\x00\x00\x00")  # a Certificate message of 0 bytes
+            c.close()
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        got = device(mpy, "emit(connect(%d, cadata=%s))" % (lsock.getsockname()[1], pyrepr(root.der)))
+    finally:
+        lsock.close()
+    assert got == ["bad_certificate", None, "malformed certificate from the server: its Certificate "
+                   "message holds no readable certificate"], got
+
+
+def test_control_bytes_in_an_untrusted_issuer_are_escaped(mpy, serve, root):
+    stranger = pki.CA("evil\x1b]0;pwned\x07\x00root")
+    srv = serve(stranger.issue())
+    got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
+    assert got[0] == "untrusted_root", got
+    assert "evil\\x1b]0\\;pwned\\x07\\00root" in got[2], got  # RFC 4514 escapes ';' and NUL
+    assert not re.search(r"[\x00-\x1f\x7f]", got[2])
+
+
+# --- first contact through a bare wrap_socket, with a trust store ------------------------------
+
+FIRST = """
+ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r))
+emit([wrap(%d, ctx), wrap(%d, ctx)])
+"""
+
+
+@pytest.fixture
+def trust(tmp_path, root):
+    path = tmp_path / "roots.bin"
+    path.write_bytes(bundle.build([root.cert], 1780000000))
+    return str(path)
+
+
+@pytest.mark.parametrize("case,kind,needle", [
+    ("expired", "expired", "expired on"),
+    ("hostname", "hostname_mismatch", "the certificate is not valid for 'localhost': it names DNS:other.example, "
+                 "not 'localhost'"),
+    ("client_only", "bad_certificate", "not valid for server authentication (EKU)"),
+])
+def test_first_contact_reports_anchor_independent_faults_at_once(case, kind, needle, mpy, serve, root, inter,
+                                                                  trust):
+    leaf = {"expired": lambda: inter.issue(not_before=pki.NOW - 40 * pki.DAY, not_after=pki.NOW - pki.DAY),
+            "hostname": lambda: inter.issue(hosts=("other.example",)),
+            "client_only": lambda: _client_only(root, inter)}[case]()
+    srv = serve(leaf)
+    first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
+    assert first[0] == kind and not first[3], first
+    assert needle in first[2]
+    assert second[:3] == first[:3]
+
+
+def test_first_contact_signature_needs_the_anchor(mpy, serve, root, inter, trust):
+    """mbedTLS reports a bad signature and a missing anchor with one flag: the first handshake
+    learns the anchor (retry), the next names the bad signature."""
+    srv = serve(_bad_signature(root, inter))
+    first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
+    assert first[0] == "untrusted_root" and first[3], first
+    assert second[:2] == ["bad_certificate", 0] and "bad signature" in second[2], second
+
+
+def test_without_a_second_look_a_skipped_leaf_is_flagged(mpy, serve, root, inter):
+    """A bare wrap_socket cannot reconnect to read the chain again: the message still says that
+    the certificate standing in as the leaf is a CA."""
+    srv = serve(_sha3_leaf(root, inter), ciphers="DEFAULT:@SECLEVEL=0")
+    got = device(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))" % (srv.port, pyrepr(root.der)))
+    assert got[0] == "hostname_mismatch", got
+    assert "certificate at depth 0 is a CA" in got[2] and "signature algorithm" in got[2]
+
+
+def test_a_date_fault_comes_before_the_name(mpy, serve, root, inter, root_pem):
+    """A chain that verifies up to the anchor and whose leaf names another host is refused by
+    tlsguard's own name check, which ends the handshake early; the leaf's expiry is still named
+    first, as mbedTLS's report would rank it (and as `tlsguard doctor` predicts)."""
+    srv = serve(inter.issue(hosts=("other.example",), not_before=pki.NOW - 40 * pki.DAY,
+                            not_after=pki.NOW - pki.DAY))
+    got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
+    assert got[:2] == ["expired", 0] and got[2].startswith("certificate 'CN=other.example,O=tlsguard tests' expired on"), got
+    assert doctor(srv.port, root_pem)[0] == "expired"
+
+
+def test_more_faults_than_mbedtls_can_report(mpy, serve, root):
+    """Five verify flags overflow MicroPython's 256-byte report and mbedTLS raises a bare
+    X509_CERT_VERIFY_FAILED: still diagnosed from the chain (untrusted, as with fewer flags),
+    not "could not be parsed"."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    stranger = pki.CA("stranger")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # flags BAD_KEY
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "other.example")]))
+            .issuer_name(stranger.cert.subject).public_key(key.public_key()).serial_number(7)
+            .not_valid_before(pki.NOW - 40 * pki.DAY).not_valid_after(pki.NOW - pki.DAY)  # EXPIRED
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("other.example")]), critical=False)
+            .sign(stranger.key, hashes.SHA256()))  # plus CN_MISMATCH, NOT_TRUSTED, EXT_KEY_USAGE
+    srv = serve(pki.Issued(cert, key), ciphers="DEFAULT:@SECLEVEL=0")
+    got = device(mpy, "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der)))
+    assert got == ["untrusted_root", 0, "no trusted root for issuer 'CN=stranger,O=tlsguard tests' (the server "
+                   "sent no intermediate: it may be missing from its chain)"], got
+
+
+def test_first_contact_through_asyncio_reports_expiry_at_once(mpy, serve, inter, trust):
+    srv = serve(inter.issue(not_before=pki.NOW - 40 * pki.DAY, not_after=pki.NOW - pki.DAY))
+    got = device(mpy, """
+import asyncio
+ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r))
+async def main():
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", %d, ssl=ctx, server_hostname="localhost")
+        w.write(b"ping\\n")
+        await w.drain()
+        return "connected"
+    except tlsguard.TLSError as e:
+        return [e.kind, e.depth, getattr(e, "retry", False)]
+emit(asyncio.run(main()))
+""" % (trust, srv.port))
+    assert got == ["expired", 0, False]
+
+
+def test_second_look_is_bounded_in_time(mpy, root, inter):
+    """A server that trickles its Certificate message out cannot hold a diagnosis: the second
+    look stops after its time budget, with nothing to add."""
+    import socket
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        try:
+            c, _ = lsock.accept()
+        except OSError:
+            return
+        with c:
+            c.recv(4096)
+            for byte in b"\x16\x03\x03\x40\x00\x0b" + b"\x00" * 64:
+                if stop.wait(0.2):
+                    return
+                try:
+                    c.sendall(bytes([byte]))
+                except OSError:
+                    return
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        got = device(mpy, """
+from tlsguard import peerchain
+def tcp():
+    s = socket.socket()
+    s.settimeout(5)
+    s.connect(socket.getaddrinfo("127.0.0.1", %d)[0][-1])
+    return s
+emit(list(peerchain.fetch(tcp, "localhost", budget_ms=1000)))
+""" % lsock.getsockname()[1])
+    finally:
+        stop.set()
+        lsock.close()
+    assert got == [True, None]
+
+
+@pytest.mark.parametrize("row", ["pathlen", "not_ca", "bad_signature", "sha3_leaf"])
+def test_trust_store_path_names_the_same_cause(row, mpy, serve, root, inter, trust):
+    """Through the trust bundle (discovery, then the verifying handshake) the cause is the same
+    as with cadata, not "not in the trust bundle"."""
+    build, kind, depth, message = TLS_ROWS[row]
+    srv = serve(build(root, inter), ciphers="DEFAULT:@SECLEVEL=0" if row == "sha3_leaf" else None)
+    got = device(mpy, "emit(connect(%d, trust=tlsguard.TrustStore(%r)))" % (srv.port, trust))
+    assert got[:2] == [kind, depth] and got[2].startswith(message), got
