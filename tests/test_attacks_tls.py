@@ -308,9 +308,14 @@ out += [conn(ctx, %d), conn(ctx, %d), conn(fresh, %d), conn(fresh, %d)]
 for p in (%s, %s, %s):
     c = tlsguard.SecureContext(mode="pin_only", pins=p, anchor_cache="cas.bin")
     out.append([conn(c, %d), c.handshakes])
+# Forgeries against a context that knows the CA from flash: refused, and the flash untouched.
+before = open("cas.bin", "rb").read()
+c = tlsguard.SecureContext(mode="pin_only", pins=%s, anchor_cache="cas.bin")
+out.append([conn(c, %d), conn(c, %d), open("cas.bin", "rb").read() == before])
 emit(out)
 """ % (pins(inter), genuine.port, genuine.port, pins(inter), attacker.port, attacker.port,
-       attacker.port, other.port, pins(inter), pins(inter), pins(genuine_leaf), genuine.port))
+       attacker.port, other.port, pins(inter), pins(inter), pins(genuine_leaf), genuine.port,
+       pins(inter), attacker.port, attacker.port))
     ok = {"ok": True, "line": "echo:%s\n" % SECRET.decode()}
     assert r[0] == ok and r[1] == ok
     assert r[2] == 1  # the verified CA is remembered: one handshake
@@ -323,8 +328,11 @@ emit(out)
     refused(r[5], "pin_mismatch", forgery)
     refused(r[6], "hostname_mismatch", "the certificate is not valid for 'localhost': it names "
             "DNS:other.example, not 'localhost'")
-    assert [x[1] for x in r[7:]] == [2, 1, 1]  # the last: a leaf pin, no CA needed
-    assert all(x[0] == ok for x in r[7:])
+    assert [x[1] for x in r[7:10]] == [2, 1, 1]  # the last: a leaf pin, no CA needed
+    assert all(x[0] == ok for x in r[7:10])
+    refused(r[10][0], "untrusted_root", "the chain holds the pinned certificate")
+    refused(r[10][1], "pin_mismatch", forgery)
+    assert r[10][2] is True
     assert not attacker.got_secret and attacker.received == [] and attacker.connections >= 4
     assert other.received == [] and other.connections == 2
 
@@ -694,3 +702,82 @@ emit(out)
             assert r[host] == "server_hostname %s: %s" % (ascii(host), want), (host, r[host])
         else:
             assert r[host] == want, (host, r[host])
+
+
+def test_forged_chains_never_write_the_anchor_cache(mpy, peers, tmp_path, root_ca, inter_ca):
+    """Every forced write wears the flash: a forged chain against a host whose anchor is cached
+    is refused without touching the cache, and the genuine server still takes one handshake."""
+    from tlsguard_host import bundle
+    path = tmp_path / "roots.bin"
+    path.write_bytes(bundle.build([root_ca.cert], int(pki.NOW.timestamp()) - 86400))
+    genuine = peers(inter_ca.issue())
+    attacker = peers(forged(root_ca))
+    r = mpy.value(DEVICE + """
+ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r), anchor_cache="hosts.bin")
+out = [conn(ctx, %d)]
+before = open("hosts.bin", "rb").read()
+out += [conn(ctx, %d), conn(ctx, %d), open("hosts.bin", "rb").read() == before]
+n = ctx.handshakes
+out += [conn(ctx, %d), ctx.handshakes - n]
+emit(out)
+""" % (str(path), genuine.port, attacker.port, attacker.port, genuine.port))
+    assert r[0]["ok"] and r[4]["ok"], r
+    for x in r[1:3]:
+        refused(x, "bad_certificate", "bad signature on the certificate at depth 0")
+    assert r[3] is True and r[5] == 1
+    assert attacker.received == []
+
+
+def test_umqtt_never_sends_its_password_through_a_forged_pin_only_chain(mpy, peers):
+    """micropython-lib's umqtt.simple, unmodified, with a pin_only context pinning a private CA:
+    its MQTT CONNECT (the broker password) would be the first bytes after the handshake."""
+    from conftest import LIB, ROOT
+    clients = os.path.join(os.path.dirname(ROOT), "shared", "clients")
+    inter = pki.CA("private root").intermediate("private intermediate")
+    attacker = peers(forged(inter))
+    r = mpy.value("""
+import tlsguard
+from umqtt.simple import MQTTClient
+ctx = tlsguard.SecureContext(mode="pin_only", pins=%s)
+out = []
+for i in range(2):
+    c = MQTTClient("sensor-1", "localhost", %d, user="sensor-1", password=%r, ssl=ctx)
+    try:
+        c.connect()
+        out.append({"ok": True})
+    except tlsguard.TLSError as e:
+        out.append({"ok": False, "kind": e.kind, "msg": str(e)})
+emit(out)
+""" % (pins(inter), attacker.port, SECRET), env={"MICROPYPATH": ".frozen:%s:%s" % (LIB, clients)})
+    refused(r[0], "untrusted_root", "the chain holds the pinned certificate 'CN=private intermediate")
+    refused(r[1], "pin_mismatch", "but its leaf is not signed by that certificate's key")
+    assert attacker.connections == 2 and attacker.received == [] and not attacker.got_secret
+
+
+def test_asyncio_sends_nothing_to_a_wrong_host(mpy, peers, root_ca):
+    """asyncio runs the handshake inside the first write: the name check in the verify callback
+    still ends it before the secret leaves."""
+    attacker = peers(_ca_leaf(root_ca, [x509.DNSName("127.0.0.1")]))
+    r = mpy.value("""
+import asyncio, tlsguard
+async def talk(port, ctx):
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1")
+    w.write(%r)
+    await w.drain()
+    return (await r.readline()).decode()
+try:
+    emit({"ok": True, "line": asyncio.run(talk(%d, tlsguard.SecureContext(cadata=%s)))})
+except tlsguard.TLSError as e:
+    emit({"ok": False, "kind": e.kind, "msg": str(e)})
+""" % (SECRET + b"\n", attacker.port, pyrepr(root_ca.der)))
+    refused(r, "hostname_mismatch", "it names DNS:127.0.0.1; an IP address matches only an IP SAN")
+    assert attacker.connections == 1 and attacker.received == []
+
+
+def test_cn_fallback_never_overrides_a_san(mpy, peers, root_ca):
+    """Asked for by name, the CN counts only for a leaf with no SAN at all (RFC 6125 6.4.4)."""
+    attacker = peers(_ca_leaf(root_ca, [x509.DNSName("other.example")], cn="localhost"))
+    r = mpy.value(DEVICE + "emit(wrap(tlsguard.SecureContext(cadata=%s, cn_fallback=True), %d, 'localhost'))"
+                  % (pyrepr(root_ca.der), attacker.port))
+    refused(r, "hostname_mismatch", "it names DNS:other.example, not 'localhost'")
+    assert attacker.received == []

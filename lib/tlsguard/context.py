@@ -208,6 +208,7 @@ class SecureContext:
         anchors, learned = self._anchors_for(host, pinset)
         hs = Handshake(host, ip, pinset, self.identity is not None, anchors, learned, self.mode,
                        self.cn_fallback)
+        hs.generation = self._store_gen  # the credential set this handshake presents
         if _reopen is not None:
             hs.refetch = (_reopen, self.ciphers)
         ctx = self._take_tls(anchors)
@@ -238,7 +239,7 @@ class SecureContext:
         if self._pin_cas is not None:
             err = self._pin_cas.failed(hs, err)
         store = self.store
-        if store is not None and store.trial and self._store_gen == store.generation:
+        if store is not None and store.trial and hs.generation == store.generation:
             from tlsguard import trial
             trial.failed(store, hs, exc, err)
         return err

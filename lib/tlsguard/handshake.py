@@ -28,6 +28,7 @@ class Handshake:
         self.pin_ok = pinset is None
         self.pin_ca = None  # pin_only: a pinned certificate above the leaf, to verify up to
         self.accepted = False  # the leaf passed every check of ours
+        self.generation = None  # the credential store generation this handshake presents
         self.chain = []
         self.failure = None
         self.misnamed = None  # our name check's refusal, left for mbedTLS to end the handshake

@@ -14,7 +14,7 @@ class PinnedCAs:
     the certificate itself); None keeps them in RAM only."""
 
     def __init__(self, cache_path=None):
-        self.known = {}  # host -> [CA DER, verified]
+        self.known = {}  # host -> [CA DER, verified] or None
         self.cache = None
         if cache_path:
             from tlsguard.anchorcache import AnchorCache
@@ -23,32 +23,34 @@ class PinnedCAs:
     def anchors_for(self, host, pinset):
         """([CA DER] or [], learned) for host: its CA, as long as the pins still name its key."""
         entry = self.known.get(host)
-        if entry is None and self.cache is not None:
+        if host not in self.known and self.cache is not None:
             from tlsguard.anchorcache import spki_ref
             for der, ref in self.cache.get(host) or ():
                 if spki_ref(subject_spki(der)[1]) == ref:
                     entry = [bytes(der), True]
         if entry is None or not pinset.matches(spki_digest(subject_spki(entry[0])[1])):
-            self.known.pop(host, None)
+            self._remember(host, None)
             return [], False
-        self.known[host] = entry
+        self._remember(host, entry)
         return [entry[0]], not entry[1]
+
+    def _remember(self, host, entry):
+        """entry None: no CA for host (or one that failed) in this boot, flash not looked at."""
+        if host not in self.known and len(self.known) >= _MAX_HOSTS:
+            self.known.pop(next(iter(self.known)))
+        self.known[host] = entry
 
     def failed(self, hs, err):
         """The error to raise for a failed handshake of this host, after learning from it."""
         host = hs.host
         if hs.pin_ca is not None and getattr(err, "retry", False):
-            if host not in self.known and len(self.known) >= _MAX_HOSTS:
-                self.known.pop(next(iter(self.known)))
-            self.known[host] = [hs.pin_ca, False]
+            self._remember(host, [hs.pin_ca, False])
             return err
         if not hs.anchors or err.kind in ("network", "clock_unset"):
             return err
-        # The chain did not verify up to the pinned CA: never trust it for this host on this
-        # evidence.
-        self.known.pop(host, None)
-        if self.cache is not None and not hs.learned:
-            self.cache.put(host, None)
+        # The chain did not verify up to the pinned CA: not used for this host again in this
+        # boot (the flash copy is left alone: an attacker must not be able to wear it out).
+        self._remember(host, None)
         if err.kind != "untrusted_root":
             return err
         from tlsguard.errors import TLSError
@@ -66,7 +68,7 @@ class PinnedCAs:
 
     def verified(self, hs):
         if hs.anchors:
-            self.known[hs.host] = [hs.anchors[0], True]
+            self._remember(hs.host, [hs.anchors[0], True])
             if self.cache is not None:
                 from tlsguard.anchorcache import spki_ref
                 self.cache.put(hs.host, [(hs.anchors[0], spki_ref(subject_spki(hs.anchors[0])[1]))])

@@ -574,10 +574,13 @@ class CredentialStore:
         if not self._trial or len(self._sets) < 2:
             return False
         new, old = self._sets[0]["files"], self._sets[1]["files"]
-        if new.get("crt") == old.get("crt") or any(new.get(k) != old.get(k) for k in ("roots", "pins", "bundle")):
+        if new.get("crt") == old.get("crt"):
+            return False
+        if any(new.get(k) != old.get(k) for k in ("roots", "pins", "bundle")):
             return False
         self._failures += 1
-        self._note("version %d refused (%d of %d): %s" % (self.version, self._failures, self.max_failures, evidence))
+        self._note("version %d refused (%d of %d): %s"
+                   % (self.version, self._failures, self.max_failures, evidence))
         if self._failures < self.max_failures:
             return False
         self.rollback("%d failed handshakes on trial" % self._failures)

@@ -81,10 +81,9 @@ class TrustPolicy:
             self.pending.pop(host, None)
         if err.kind != "untrusted_root" or hs.failure is not None:
             return err
-        # The anchors given did not verify: forget them, whatever comes next.
+        # The anchors given did not verify. A cached entry stays on flash until other anchors
+        # verify: a forged chain must not be able to make the device write (and wear) its flash.
         self.pending.pop(host, None)
-        if hs.anchors and not hs.learned:
-            self.cache.put(host, None)
         found = self.discover(hs)
         if hs.learned or not found or found == hs.anchors:
             note = ("the trust store's anchors for it do not verify this chain" if found else
