@@ -13,10 +13,11 @@ next connection uses them; without a package_key no update is accepted). Reads c
 messages / max_failures: stop after that many messages sent / consecutive failed connections
 (0: never; a board runs forever).
 "https": {"port": 443, "operator_port": 8443, "operator_ca": "certs/operator-ca.der",
- "operators": ["sha256/..."], "settings": "settings.json"} serves the device's pages (WebUI) with the
-credential store's identity: the status page to anyone, /config only on the operator port, whose
-clients must present a certificate from operator_ca (and, if listed, with one of the operators'
-SPKI pins). Without "broker" only the pages are served; with both, the pages run in a thread."""
+ "operators": ["sha256/..."], "settings": "settings.json", "timeout": 10, "max_connections": 4}
+serves the device's pages (WebUI) with the credential store's identity: the status page to anyone,
+/config and /credentials only on the operator port, whose clients must present a certificate from
+operator_ca (and, if listed, with one of the operators' SPKI pins). Without "broker" only the pages
+are served; with both, the pages run in a thread."""
 import gc
 import json
 import select
@@ -313,7 +314,8 @@ class WebUI:
         self.operator_port = https.get("operator_port", 8443)
         try:
             with open(self.settings_path) as f:
-                device.cfg.update(json.load(f))
+                saved = json.load(f)
+            device.cfg.update({k: saved[k] for k in self.SETTINGS if k in saved})
         except (OSError, ValueError):
             pass
 
@@ -356,7 +358,7 @@ class WebUI:
         if self.device.store is None:
             raise HTTPError(404, "this device has no credential store")
         try:
-            version = self.device.store.apply(req.body, key=self.device.key)
+            version = self.device.store.apply(req.body, key=self.device.key, device=self.device.id)
             self.device.store.activate()
         except ValueError as e:  # StoreError: the store is unchanged
             raise HTTPError(400, "package refused: %s" % e)
@@ -397,7 +399,8 @@ class WebUI:
             servers.append((self.operator, self.operator_port))
         for ctx, port in servers:
             srv = HTTPServer(ctx, timeout=self.https.get("timeout", 10), log=lambda line: log("https:", line),
-                             max_body=8192 if ctx.client_ca else 2048)
+                             max_body=8192 if ctx.client_ca else 2048,
+                             max_connections=self.https.get("max_connections", 4))
             srv.route("/", self.status)
             srv.route("/config", self.config, ("GET", "POST"))
             srv.route("/credentials", self.credentials, ("POST",))

@@ -52,6 +52,16 @@ def read(path):
         return f.read()
 
 
+def board_certs(board, broker_pki, fleet, ca="ca.der"):
+    """A board folder with certs/: the broker's root (DER, named `ca`) and the device's
+    certificate and key from the fleet CA, as the example firmware's config names them."""
+    (board / "certs").mkdir(parents=True)
+    (board / "certs" / ca).write_bytes(broker_pki[0].der)
+    (board / "certs" / "device.crt").write_bytes(read(fleet.device[0]))
+    (board / "certs" / "device.key").write_bytes(read(fleet.device[1]))
+    return board
+
+
 class Mosquitto:
     """mosquitto with one TLS listener on 127.0.0.1:<port> that requires a client certificate
     issued by `client_cafile`; the certificate's CN is the MQTT username (and so in the log)."""

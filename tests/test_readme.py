@@ -25,8 +25,9 @@ TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
 BACKUP = pki.spki_pin(pki.CA("readme backup key").cert)
 # The examples this module runs; test_every_example_is_run checks README has exactly these.
 RUN = {"device-api", "trust-bundle", "time", "store", "mqtt", "mqtt_as", "https", "mip", "mip-verified"}
-# Run by other modules, against their own peers: est (test_est.py, against `tlsguard ca serve`).
-RUN_ELSEWHERE = {"est"}
+# Run by other modules, against their own peers: est (test_est.py, against `tlsguard ca serve`),
+# server (test_server.py, with curl and operator certificates).
+RUN_ELSEWHERE = {"est", "server"}
 
 
 def examples():

@@ -22,7 +22,7 @@ DEVICE = "sensor-1"
 PROVISION = """
 import tlsguard
 store = tlsguard.CredentialStore("store")
-store.apply("v1.pkg", key=bytes.fromhex(%r))
+store.apply("v1.pkg", key=bytes.fromhex(%r), device="sensor-1")
 store.activate()
 print("provisioned", store.version)
 """
@@ -74,7 +74,7 @@ class Fleet:
             self.device_certs[version] = f.read()
         out = os.path.join(self.folder, "v%d.pkg" % version)
         self._ok(tlsguard("package", "--version", version, "--out", out, "--key-file", key_file or self.keyfile,
-                          "--device", DEVICE, "--ca-dir", self.ca))
+                          "--device", DEVICE, "--identity", "--ca-dir", self.ca))
         self.packages[version] = out
         return out
 
@@ -86,9 +86,10 @@ class Fleet:
 
 class WebBoard:
     """main.py serving its pages from `folder` (the board's flash). .port (status page, public),
-    .operator_port (config, operator certificates), .lines (its output), wait_log(pattern)."""
+    .operator_port (config, operator certificates), .lines (its output), wait_log(pattern).
+    `env`: extra environment for main.py (not for provisioning the store)."""
 
-    def __init__(self, folder, fleet, timeout=3, extra=None):
+    def __init__(self, folder, fleet, timeout=3, extra=None, env=None):
         self.folder = str(folder)
         os.makedirs(self.folder, exist_ok=True)
         import shutil
@@ -100,14 +101,15 @@ class WebBoard:
         cfg["https"].update(extra or {})
         with open(os.path.join(self.folder, "config.json"), "w") as f:
             json.dump(cfg, f)
-        env = dict(os.environ, MICROPYPATH=".frozen:" + LIB)
+        run_env, env = env, dict(os.environ, MICROPYPATH=".frozen:" + LIB)
         with open(os.path.join(self.folder, "provision.py"), "w") as f:
             f.write(PROVISION % KEY)
         r = subprocess.run([MICROPYTHON, "provision.py"], cwd=self.folder, env=env, capture_output=True,
                            text=True, timeout=60)
         assert "provisioned 1" in r.stdout, r.stdout + r.stderr
         self.lines = []
-        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=self.folder, env=env,
+        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=self.folder,
+                                     env=dict(env, **(run_env or {})),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
         try:

@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # gcc-multilib and libfaketime:i386: the 32-bit test firmware (tools/unixfw.py) and its fake clock.
-DEBS="openssl faketime chrony mosquitto socat valgrind stress-ng curl chromium libnss3-tools pebble bind9 gcc-multilib make libfaketime:i386"
+# chromium, libnss3-tools (certutil) and a font: the browser tests render the device's page.
+DEBS="openssl faketime chrony mosquitto socat valgrind stress-ng curl chromium libnss3-tools fonts-dejavu-core pebble bind9 gcc-multilib make libfaketime:i386"
 missing=""
 for p in $DEBS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

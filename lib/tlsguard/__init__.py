@@ -12,6 +12,7 @@ _LAZY = (
     "PinSet", "pins", "spki_pin", "pins",
     "Certificate", "x509",
     "CredentialStore", "store",
+    "ServerContext", "server", "HTTPServer", "httpd",
     "sync_time", "timesync", "clock_floor", "platform",
     "TrustStore", "truststore", "BundleError", "truststore",
 )

@@ -28,6 +28,20 @@ def pem_blocks(data):
     return out
 
 
+def ca_certs(cadata, what):
+    """DER of every certificate in `cadata` (DER or PEM, or a list of them); TLSError if one
+    does not parse."""
+    out = []
+    for item in cadata if isinstance(cadata, (list, tuple)) else [cadata]:
+        for der in pem_blocks(item):
+            try:
+                Certificate(der)
+            except ValueError as e:
+                raise TLSError("bad_certificate", "%s: %s" % (what, e))
+            out.append(der)
+    return out
+
+
 class SecureContext:
     """mode: "verify" (CA chain + hostname, plus pins where given), "pin_only" (the pin is the
     trust decision, for private servers without a CA: a pinned leaf key, or a pinned CA the
@@ -77,14 +91,7 @@ class SecureContext:
         self.pins = pins if isinstance(pins, Pins) else Pins(pins)
         self.anchors = []
         if cadata:
-            items = cadata if isinstance(cadata, (list, tuple)) else [cadata]
-            for item in items:
-                for der in pem_blocks(item):
-                    try:
-                        Certificate(der)
-                    except ValueError as e:
-                        raise TLSError("bad_certificate", "cadata: %s" % e)
-                    self.anchors.append(der)
+            self.anchors = ca_certs(cadata, "cadata")
         self.identity = None
         if identity:
             # This mbedTLS build parses DER only, one certificate per call: the leaf is what the
@@ -183,7 +190,7 @@ class SecureContext:
         from tlsguard.handshake import Handshake
         from tlsguard.tlssocket import TLSSocket, _close
         if server_side:
-            raise ValueError("SecureContext is client-side only")
+            raise ValueError("SecureContext is client-side only: serve with tlsguard.ServerContext(store=...)")
         try:
             host, ip = _host(server_hostname, self.mode)
             self._sync_store()

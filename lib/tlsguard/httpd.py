@@ -131,7 +131,10 @@ class _Reader:
             name = name.decode().lower()
             if name in req.headers and name in ("content-length", "host", "transfer-encoding"):
                 raise HTTPError(400, "duplicate %s header" % name)
-            req.headers[name] = value.strip(b" \t").decode("utf-8", "replace")
+            try:
+                req.headers[name] = value.strip(b" \t").decode()
+            except UnicodeError:
+                raise HTTPError(400, "header field %s is not UTF-8" % name)
         h = req.headers
         if req.version == "HTTP/1.1" and "host" not in h:
             raise HTTPError(400, "HTTP/1.1 request without Host")
@@ -170,13 +173,17 @@ class HTTPServer:
     """Serves `context` (a ServerContext) with handlers added by route(path, handler, methods).
     A handler takes a Request and returns (status, content_type, body) or raises HTTPError; it
     may be a coroutine. timeout: seconds for one request (the TLS handshake included) to arrive
-    and be answered; max_connections: connections served at once (more are closed unanswered);
-    max_requests: requests on one kept-alive connection. `stats` counts connections, requests,
-    refused (over the cap), tls_errors and http_errors; `log` gets one line per failure."""
+    and be answered; max_connections: connections served at once (more wait in the listen
+    backlog until one closes); idle: seconds a kept-alive connection may wait for its next
+    request; max_requests: requests on one kept-alive connection. `stats` counts connections,
+    requests, waited (found every slot taken), tls_errors and http_errors; `log` gets one line
+    per failure."""
 
-    def __init__(self, context, timeout=10, max_connections=4, max_requests=16, max_body=MAX_BODY, log=None):
+    def __init__(self, context, timeout=10, max_connections=4, max_requests=16, max_body=MAX_BODY, log=None,
+                 idle=2):
         self.context = context
         self.timeout = timeout
+        self.idle = idle
         self.max_connections = max_connections
         self.max_requests = max_requests
         self.max_body = max_body
@@ -184,9 +191,10 @@ class HTTPServer:
         self.routes = {}
         self.port = None
         self.active = 0
-        self.stats = {"connections": 0, "requests": 0, "refused": 0, "tls_errors": 0, "http_errors": 0}
+        self.stats = {"connections": 0, "requests": 0, "waited": 0, "tls_errors": 0, "http_errors": 0}
         self._sock = None
         self._task = None
+        self._slot = asyncio.Event()  # set when a connection ends
 
     def route(self, path, handler, methods=("GET",)):
         self.routes[path] = (handler, methods)
@@ -215,15 +223,18 @@ class HTTPServer:
     async def _accept(self, s):
         from asyncio import core
         while True:
+            if self.active >= self.max_connections:
+                # New connections wait in the kernel's backlog: each slot frees within the
+                # timeout (a slow client) or the idle time (a kept-alive one).
+                self.stats["waited"] += 1
+                self.log("all %d connections busy: new ones wait" % self.active)
+                while self.active >= self.max_connections:
+                    self._slot.clear()
+                    await self._slot.wait()
             yield core._io_queue.queue_read(s)  # as asyncio.start_server waits for a connection
             try:
                 conn, addr = s.accept()
             except OSError:
-                continue
-            if self.active >= self.max_connections:
-                self.stats["refused"] += 1
-                conn.close()
-                self.log("%s: closed unanswered: %d connections open (max_connections)" % (_peer(addr), self.active))
                 continue
             self.active += 1
             asyncio.create_task(self._connection(conn, _peer(addr)))
@@ -249,6 +260,7 @@ class HTTPServer:
             self.log("%s: %r" % (peer, e))
         finally:
             self.active -= 1
+            self._slot.set()
             try:
                 (tsock or conn).close()  # asyncio's Stream.close() leaves the socket open
             except OSError:
@@ -258,6 +270,8 @@ class HTTPServer:
         """One request and its answer; False when the connection is to be closed."""
         start = rd.got
         try:
+            if start and not rd.buf:  # kept alive: the next request must begin within `idle`
+                await asyncio.wait_for(rd._more(), self.idle)
             req = await asyncio.wait_for(rd.request(self.max_body), self.timeout)
         except asyncio.TimeoutError:
             if rd.got == start and not rd.buf:

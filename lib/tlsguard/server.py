@@ -3,7 +3,7 @@ active identity with its intermediates, taken again whenever the store switches 
 connections get the new certificate, no restart); optionally requires client certificates from an
 operator CA; turns a failed handshake into a TLSError that says which side refused what."""
 from tlsguard import platform
-from tlsguard.context import pem_blocks
+from tlsguard.context import ca_certs, pem_blocks
 from tlsguard.errors import TLSError
 from tlsguard.handshake import Handshake
 from tlsguard.tlssocket import TLSSocket, _close
@@ -58,63 +58,69 @@ class ServerContext:
             chain = []
             for block in pem_blocks(identity[0]):
                 chain += _split_der(block)  # DER certificates may come concatenated
-            self._given = (chain, pem_blocks(identity[1])[0])
-        self.client_ca = []
-        for item in (client_ca if isinstance(client_ca, (list, tuple)) else [client_ca] if client_ca else []):
-            for der in pem_blocks(item):
-                try:
-                    Certificate(der)
-                except ValueError as e:
-                    raise TLSError("bad_certificate", "client_ca: %s" % e)
-                self.client_ca.append(der)
+            key = pem_blocks(identity[1])[0]
+            from tlsguard import keypair
+            try:
+                # mbedTLS does not check the pair: a wrong key would fail every handshake, seen
+                # by clients as a bad signature and by the device as clients refusing it.
+                keypair.check(key, Certificate(chain[0]))
+            except ValueError as e:
+                raise TLSError("bad_certificate", "identity: %s" % e)
+            self._given = (chain, key)
+        self.client_ca = ca_certs(client_ca, "client_ca") if client_ca else []
         self.ciphers = ciphers
-        self._tls = None
-        self._gen = None
+        self._tls = None  # the shared mbedTLS context (none with client_ca)
         self.chain = []  # DER: what the next connection presents, leaf first
-        self.generation = None  # the store generation it came from
+        self._key = None
+        self.generation = None  # the store generation chain and key come from
         self.handshakes = 0
         if store is None and self._given is None:
             raise ValueError("ServerContext needs an identity to present: store= or identity=")
 
     def _identity(self):
-        if self.store is not None:
-            active = self.store.active()
-            if active is not None and active.identity:
-                return active.chain, active.identity[1]
-        if self._given is None:
+        """Take the store's active identity again if the store switched sets since last time."""
+        gen = self.store.generation if self.store is not None else 0
+        if self._key is not None and gen == self.generation:
+            return
+        chain_key = self._given
+        active = self.store.active() if self.store is not None else None
+        if active is not None and active.identity:
+            chain_key = active.chain, active.identity[1]
+        if chain_key is None:
             raise TLSError("bad_certificate", "the credential store holds no identity to present")
-        return self._given
+        self.chain, self._key = list(chain_key[0]), chain_key[1]
+        self.generation = gen
+        self._tls = None  # built for the previous identity; open connections keep theirs
 
     def _context(self):
-        """The mbedTLS server context for the store's current set, rebuilt after a switch.
-        Connections already open keep the context they were made with. With client_ca every
-        connection gets a context of its own: the verify callback belongs to the context, and a
-        shared one would record one client's certificate under another's concurrent handshake."""
-        gen = self.store.generation if self.store is not None else 0
-        if self._tls is not None and gen == self._gen:
+        """The mbedTLS server context for the current identity. With client_ca every connection
+        gets a context of its own: the verify callback belongs to the context, and a shared one
+        would record one client's certificate under another's concurrent handshake."""
+        self._identity()
+        if self._tls is not None:
             return self._tls
-        chain, key = self._identity()
         ctx = tls.SSLContext(tls.PROTOCOL_TLS_SERVER)
         ctx.set_ciphers(self.ciphers or [c for c in ctx.get_ciphers() if c.startswith("TLS-ECDHE-")])
         try:
             # One certificate per call on this port: each call appends to the presented chain
             # (the key is parsed again, the same each time).
-            for der in chain:
-                ctx.load_cert_chain(der, key)
+            for der in self.chain:
+                ctx.load_cert_chain(der, self._key)
         except (ValueError, OSError) as e:
             raise TLSError("bad_certificate", "identity (certificate/key) rejected: %s" % e)
         if self.client_ca:
             ctx.verify_mode = tls.CERT_REQUIRED
             for der in self.client_ca:
                 ctx.load_verify_locations(der)
-        self._gen, self.chain, self.generation = gen, list(chain), gen
-        self._tls = None if self.client_ca else ctx
+        else:
+            self._tls = ctx
         return ctx
 
     @property
     def certificate(self):
         """The Certificate the next connection presents."""
-        return Certificate(self._identity()[0][0])
+        self._identity()
+        return Certificate(self.chain[0])
 
     def wrap_socket(self, sock, server_side=True, do_handshake_on_connect=True, server_hostname=None):
         if not server_side:
@@ -134,7 +140,7 @@ class ServerContext:
             _close(sock)
             raise self._failed(e, hs)
         tsock = TLSSocket(self, ctx, hs, raw, sock)
-        tsock.generation = self._gen
+        tsock.generation = self.generation
         if do_handshake_on_connect:
             tsock._handshake_done()
         return tsock
