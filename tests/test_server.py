@@ -454,13 +454,12 @@ def test_handler_failure_is_a_500_and_keep_alive(tmp_path, mpy):
     import subprocess as sp
 
     import pki
-    from conftest import MICROPYTHON
     root = pki.CA("handler root")
     leaf = root.issue(("localhost",))
     (tmp_path / "root.pem").write_bytes(root.pem)
     for name, data in (("chain.der", leaf.der), ("key.der", leaf.key_der), ("_t.py", HANDLERS.encode())):
         (tmp_path / name).write_bytes(data)
-    proc = sp.Popen([MICROPYTHON, "_t.py"], cwd=str(tmp_path), env=mpy.env(), stdout=sp.PIPE, stderr=sp.STDOUT,
+    proc = sp.Popen(mpy.argv() + ["_t.py"], cwd=str(tmp_path), env=mpy.env(), stdout=sp.PIPE, stderr=sp.STDOUT,
                     text=True)
     try:
         line = proc.stdout.readline()
