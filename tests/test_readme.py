@@ -26,7 +26,7 @@ BACKUP = pki.spki_pin(pki.CA("readme backup key").cert)
 # The examples this module runs; test_every_example_is_run checks README has exactly these.
 RUN = {"device-api", "trust-bundle", "time", "store", "mqtt", "mqtt_as", "https", "mip", "mip-verified"}
 # Run by other modules, against their own peers: est (test_est.py, against `tlsguard ca serve`).
-RUN_ELSEWHERE = {"est"}
+RUN_ELSEWHERE = {"est", "rp2-manifest"}  # rp2-manifest: tests/test_firmware.py
 
 
 def examples():
