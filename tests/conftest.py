@@ -47,14 +47,15 @@ class MPResult:
 # test firmware with tlsguard frozen (tools/unixfw.py; mbedTLS outside the GC heap, as on ESP32).
 # TLSGUARD_BUILDS=pypi (or fw32, or pypi,fw32,fw32-rp2) sets the builds of unmarked tests;
 # @pytest.mark.builds(...) names a test's own. Each process gets a board-sized heap unless a test
-# asks for another: fw32 the ~110 KB an ESP32 gives Python less the firmware's own use, pypi a
-# bit more than twice that (its objects are twice the size, its big-int digits too).
+# asks for another: fw32 the ~110 KB an ESP32 gives Python less the firmware's own use (the budget
+# check); pypi a quarter of its default, where its 64-bit objects and the client packages it
+# compiles from source (fw32 gets them as .mpy) still fit.
 # Packages pip-installed for the device tests (tools/setup.sh): a board gets them as .mpy (mip,
 # mpy-cross); compiling a 37 KB source on the device would not fit its heap. Frozen builds get
 # them compiled by the firmware's own mpy-cross.
 MPYLIB = os.path.join(ROOT, ".venv", "mpylib")
 BUILDS = [b for b in os.environ.get("TLSGUARD_BUILDS", "pypi,fw32").split(",") if b]
-HEAP = {"pypi": "256k", "fw32": "96k", "fw32-rp2": "160k"}
+HEAP = {"pypi": "512k", "fw32": "96k", "fw32-rp2": "160k"}
 FIRMWARE_VARIANT = {"fw32": "esp32", "fw32-rp2": "rp2"}
 
 
@@ -76,9 +77,13 @@ class MicroPython:
         env["MICROPYPATH"] = ".frozen:" + LIB
         env.update(extra or {})
         if self.frozen:
-            # A board always has its frozen modules on sys.path, and never lib/'s tlsguard.
-            parts = [self.compiled.get(os.path.abspath(p), p) for p in env["MICROPYPATH"].split(":")
-                     if os.path.abspath(p) != LIB]
+            # A board always has its frozen modules on sys.path, and a /lib for what it installs,
+            # never lib/'s tlsguard: lib/ becomes the device folder's own lib. Relative entries
+            # are the device's (its cwd), not this process's.
+            parts = []
+            for p in env["MICROPYPATH"].split(":"):
+                full = os.path.abspath(os.path.join(self.cwd, p))
+                parts.append(os.path.join(self.cwd, "lib") if full == LIB else self.compiled.get(full, p))
             env["MICROPYPATH"] = ":".join(parts + ([] if ".frozen" in parts else [".frozen"]))
         return env
 

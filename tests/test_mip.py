@@ -69,6 +69,9 @@ def _same_files(installed, source, names):
             assert a.read() == b.read(), n
 
 
+# Installs tlsguard itself into lib/: on a firmware with tlsguard frozen the frozen copy comes first
+# (README, "Freezing tlsguard into firmware"), so this runs on the PyPI build only.
+@pytest.mark.builds("pypi")
 def test_mip_install_from_url_then_verify(mpy, tmp_path, http_folder, serve, root_ca, inter_ca):
     web = http_folder(ROOT)
     _mip(mpy, "import mip\nmip.install('http://127.0.0.1:%d/', target='lib')\n" % web.port)
@@ -101,6 +104,9 @@ mip.install("github:ORG/tlsguard/bundle.json", target="certs")
     _same_files(tmp_path / "certs", os.path.join(ROOT, "certs"), ["roots.bin"])
 
 
+# Installs tlsguard itself into lib/: on a firmware with tlsguard frozen the frozen copy comes first
+# (README, "Freezing tlsguard into firmware"), so this runs on the PyPI build only.
+@pytest.mark.builds("pypi")
 def test_mip_install_mpy_build(mpy, tmp_path, http_folder, serve, root_ca, inter_ca):
     out = tmp_path / "build"
     r = subprocess.run([TLSGUARD, "mpy", "--out", str(out)], capture_output=True, text=True)

@@ -26,8 +26,9 @@ BACKUP = pki.spki_pin(pki.CA("readme backup key").cert)
 # The examples this module runs; test_every_example_is_run checks README has exactly these.
 RUN = {"device-api", "trust-bundle", "time", "store", "mqtt", "mqtt_as", "https", "mip", "mip-verified"}
 # Run by other modules, against their own peers: est (test_est.py, against `tlsguard ca serve`),
-# server (test_server.py, with curl and operator certificates).
-RUN_ELSEWHERE = {"est", "server"}
+# server (test_server.py, with curl and operator certificates), rp2-manifest (test_firmware.py,
+# through MicroPython's manifest reader).
+RUN_ELSEWHERE = {"est", "server", "rp2-manifest"}
 
 
 def examples():
