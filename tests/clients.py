@@ -42,10 +42,12 @@ def context_expr(root_der, pin_cert, identity=None, bundle=None):
     return "tlsguard.SecureContext(%s)" % args
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def rogue_broker(tmp_path_factory, fleet):
     """An intercepting mosquitto: valid-looking certificate for localhost from a CA the device
-    does not trust, same client-certificate demands as the real broker."""
+    does not trust, same client-certificate demands as the real broker. One per test: its log is
+    the evidence of what reached it, and test_mqtt_as_ssl_context_trap_and_use gives it a session
+    on purpose."""
     crt = pki.CA("interceptor root").intermediate("interceptor issuing").issue(hosts=("localhost", "127.0.0.1"))
     b = Mosquitto(tmp_path_factory.mktemp("rogue"), crt, fleet.cafile())
     yield b
