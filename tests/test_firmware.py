@@ -89,6 +89,22 @@ def test_a_firmware_is_keyed_by_every_frozen_file_and_the_manifest(tmp_path):
     assert unixfw.key("esp32", root=str(clone)) not in (base, changed)
 
 
+def test_the_key_does_not_depend_on_where_the_clone_sits(tmp_path, monkeypatch):
+    """Clones on either side of the clients' folder (in path order) share one key: CI's clone
+    sorts after ../shared/clients, a developer's may sort before."""
+    clients = tmp_path / "m-clients"
+    (clients / "umqtt").mkdir(parents=True)
+    for name in ("simple.py", "robust.py"):
+        (clients / "umqtt" / name).write_text("X = %r\n" % name)
+    monkeypatch.setattr(unixfw, "CLIENTS", str(clients))
+    keys = []
+    for where in ("a-clone", "z-clone"):
+        shutil.copytree(os.path.join(LIB, "tlsguard"), tmp_path / where / "lib" / "tlsguard")
+        shutil.copy(os.path.join(ROOT, "manifest.py"), tmp_path / where / "manifest.py")
+        keys.append(unixfw.key("esp32", root=str(tmp_path / where)))
+    assert keys[0] == keys[1]
+
+
 def test_another_source_tree_is_another_identity(tmp_path):
     tree = tmp_path / "micropython"
     (tree / "ports" / "unix").mkdir(parents=True)

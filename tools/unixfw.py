@@ -280,8 +280,10 @@ def firmware_key(ident, vname, tree, vdir, path_vars):
     with open(os.path.join(root, "manifest.py"), "rb") as f:
         manifest = f.read()
     frozen = _frozen_files(tree, os.path.join(vdir, "manifest.py"), path_vars)
-    return _sha(ident, vname, manifest, *[(os.path.relpath(p, root) if p.startswith(root + os.sep) else p)
-                                         + _file_sha(p) for p in frozen])[:24]
+    # Sorted by the name that is hashed, not the full path: where the clone sits must not
+    # reorder its files among those outside it (the clients).
+    named = sorted(((os.path.relpath(p, root) if p.startswith(root + os.sep) else p), p) for p in frozen)
+    return _sha(ident, vname, manifest, *[name + _file_sha(p) for name, p in named])[:24]
 
 
 def main(argv):
