@@ -109,6 +109,13 @@ def device(mpy, code):
     return mpy.value(DEVICE + code)
 
 
+def device_all(mpy, code):
+    """Every value the device code emits."""
+    r = mpy.run(DEVICE + code)
+    assert r.returncode == 0 and r.results, r.output
+    return r.results
+
+
 def doctor(port, root_pem, *extra):
     r = tlsguard("doctor", "127.0.0.1:%d" % port, "--name", "localhost", "--no-bundle", "--cafile", root_pem,
                  *extra, timeout=120)
@@ -252,13 +259,100 @@ def test_first_contact_reports_anchor_independent_faults_at_once(case, kind, nee
     assert second[:3] == first[:3]
 
 
-def test_first_contact_signature_needs_the_anchor(mpy, serve, root, inter, trust):
-    """mbedTLS reports a bad signature and a missing anchor with one flag: the first handshake
-    learns the anchor (retry), the next names the bad signature."""
-    srv = serve(_bad_signature(root, inter))
+def _bad_link(chain, depth):
+    """`chain` (a leaf) with the signature of the certificate at `depth` broken."""
+    if depth == 0:
+        return pki.bad_signature(chain)
+    chain.parents[depth - 1] = pki.bad_signature(chain.parents[depth - 1])
+    return chain
+
+
+CONNECT = "emit(connect(%d, trust=tlsguard.TrustStore(%r)))\n"
+INTER_NAME = "CN=diagnosis inter,O=tlsguard tests"
+# name: (chain builder, depth of the bad signature, its message)
+BAD_LINKS = {
+    "ec_leaf": (lambda root, inter: _bad_signature(root, inter), 0,
+                "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard tests': it does not verify "
+                "with the key of its issuer '%s'" % INTER_NAME),
+    "rsa_leaf": (lambda root, inter: _bad_link(root.intermediate("rsa inter", kind="rsa").issue(kind="rsa"), 0), 0,
+                 "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard tests': it does not verify "
+                 "with the key of its issuer 'CN=rsa inter,O=tlsguard tests'"),
+    "p384_leaf": (lambda root, inter: _bad_link(root.intermediate("p384 inter", kind="ec384").issue(kind="ec"), 0),
+                  0, "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard tests': it does not "
+                  "verify with the key of its issuer 'CN=p384 inter,O=tlsguard tests'"),
+    "rsa_inter": (lambda root, inter: _bad_link(root.intermediate("rsa top", kind="rsa").intermediate(
+        "rsa below").issue(), 1), 1, "bad signature on the certificate at depth 1 'CN=rsa below,O=tlsguard tests': "
+        "it does not verify with the key of its issuer 'CN=rsa top,O=tlsguard tests'"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(BAD_LINKS))
+def test_first_contact_names_a_bad_signature_at_once(row, mpy, serve, root, inter, trust):
+    """With no anchor loaded mbedTLS reports a bad signature and a missing anchor with one flag;
+    the device checks the chain's signatures itself (RSA, ECDSA P-256/P-384) against the anchor
+    the trust store found: the bare wrap_socket names the link at once, with no retry, as
+    connect() does."""
+    build, depth, message = BAD_LINKS[row]
+    srv = serve(build(root, inter))
+    (first, second), by_connect = device_all(mpy, FIRST % (trust, srv.port, srv.port) + CONNECT % (srv.port, trust))
+    assert first == ["bad_certificate", depth, message, False], first
+    assert second == first and by_connect == first[:3], (second, by_connect)
+
+
+@pytest.mark.parametrize("row", ["rsa_inter", "p384_leaf"])
+def test_bad_signature_named_with_the_anchor_loaded(row, mpy, serve, root, inter):
+    """With cadata the chain reaches the anchor and mbedTLS says not trusted: the device finds
+    which link below it fails, also deeper than the leaf."""
+    build, depth, message = BAD_LINKS[row]
+    srv = serve(build(root, inter))
+    wrapped, connected = device_all(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))\n"
+                                    "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der), srv.port,
+                                                                      pyrepr(root.der)))
+    assert wrapped == ["bad_certificate", depth, message, False], wrapped
+    assert connected == wrapped[:3]
+
+
+def test_first_contact_names_a_forged_anchor_link_at_once(mpy, serve, root, inter, trust):
+    """The top of the chain names a root of the bundle but is not signed by its key (another CA
+    with the same name): refused at once, no retry, in connect()'s words."""
+    leaf = inter.issue()
+    leaf.parents = [pki.bad_signature(inter)]
+    srv = serve(leaf)
+    (first, _), by_connect = device_all(mpy, FIRST % (trust, srv.port, srv.port) + CONNECT % (srv.port, trust))
+    assert first == ["untrusted_root", 1, "no trusted root for issuer 'CN=diagnosis root,O=tlsguard tests' (a "
+                     "trusted root of that name is loaded but its key does not verify the signature: another CA "
+                     "with the same name, or a corrupted signature); the trust store's anchors for it do not "
+                     "verify this chain", False], first
+    assert by_connect == first[:3]
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa", "ec384"])
+def test_first_contact_with_good_signatures_still_retries(kind, mpy, serve, root, trust):
+    srv = serve(root.intermediate("good inter", kind=kind).issue(kind="ec"))
     first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
-    assert first[0] == "untrusted_root" and first[3], first
-    assert second[:2] == ["bad_certificate", 0] and "bad signature" in second[2], second
+    assert first == ["untrusted_root", None, "anchor not loaded yet (first contact, or the server changed CA): found "
+                     "'CN=diagnosis root,O=tlsguard tests' in the trust store; the next connection will verify "
+                     "with it", True], first
+    assert second is None
+
+
+CANNOT_CHECK = ("; this device cannot check the signature at depth 0 (ecdsa-with-SHA384) itself: the next "
+                "connection will tell whether it verifies")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_first_contact_signature_the_device_cannot_hash(broken, mpy, serve, root, inter, trust):
+    """MicroPython's hashlib has no SHA-384: the first error says the signature was not checked
+    and retries; the verifying handshake tells."""
+    leaf = inter.issue(sig="sha384")
+    srv = serve(pki.bad_signature(leaf) if broken else leaf)
+    first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
+    assert first[0] == "untrusted_root" and first[3] and first[2].endswith(CANNOT_CHECK), first
+    if broken:
+        assert second[:2] == ["bad_certificate", 0] and second[2].startswith("bad signature on the certificate "
+                                                                            "at depth 0"), second
+    else:
+        assert second is None
 
 
 def test_without_a_second_look_a_skipped_leaf_is_flagged(mpy, serve, root, inter):

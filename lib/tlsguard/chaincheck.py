@@ -178,8 +178,13 @@ def bad_signature(facts, anchors, host):
     n = len(facts)
     if n < 3 or facts[-1].der not in anchors:
         return None
-    if n == 3:
-        return TLSError("bad_certificate", "bad signature on the certificate at depth 0 '%s': it does "
-                        "not verify with the key of its issuer '%s'" % (facts[0].name, facts[1].name), host, 0)
-    return TLSError("bad_certificate", "bad signature on a certificate at depth 0 to %d: one does not "
-                    "verify with its issuer's key" % (n - 3), host, None)
+    from tlsguard import sigcheck
+    if n == 3:  # the leaf's link is the only one left
+        return sigcheck.bad_signature(0, facts[0], facts[1], host)
+    links = list(enumerate(facts[:-1]))
+    err, unchecked = sigcheck.bad_link(links, host)
+    if err is None and len(unchecked) == 1:  # the one link this device could not check
+        depth = unchecked[0][0]
+        err = sigcheck.bad_signature(depth, facts[depth], facts[depth + 1], host)
+    return err or TLSError("bad_certificate", "bad signature on a certificate at depth 0 to %d: one does not "
+                           "verify with its issuer's key%s" % (n - 3, sigcheck.unchecked_note(unchecked)), host, None)
