@@ -180,11 +180,10 @@ def bad_signature(facts, anchors, host):
         return None
     from tlsguard import sigcheck
     if n == 3:  # the leaf's link is the only one left
-        return sigcheck.bad_signature(0, facts[0], facts[1], host)
-    links = list(enumerate(facts[:-1]))
-    err, unchecked = sigcheck.bad_link(links, host)
+        return sigcheck.bad_signature(0, facts[0].der, facts[1].der, host)
+    err, unchecked = sigcheck.bad_link([(i, f.der) for i, f in enumerate(facts[:-1])], host)
     if err is None and len(unchecked) == 1:  # the one link this device could not check
         depth = unchecked[0][0]
-        err = sigcheck.bad_signature(depth, facts[depth], facts[depth + 1], host)
+        err = sigcheck.bad_signature(depth, facts[depth].der, facts[depth + 1].der, host)
     return err or TLSError("bad_certificate", "bad signature on a certificate at depth 0 to %d: one does not "
                            "verify with its issuer's key%s" % (n - 3, sigcheck.unchecked_note(unchecked)), host, None)

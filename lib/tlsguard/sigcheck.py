@@ -106,47 +106,53 @@ def _ecdsa(curve, point, digest, sig):
     return x * zi * zi % p % n == r
 
 
-def verify(child, parent):
-    """True when the key of `parent` verifies the signature of `child` (Certificates), False
-    when it does not, or a str naming what this device cannot check (its hashlib has no SHA-384,
-    say)."""
+def verify(child, spki):
+    """True when the key `spki` (SubjectPublicKeyInfo DER) verifies the signature of `child`
+    (certificate DER), False when it does not, or a str naming what this device cannot check
+    (its hashlib has no SHA-384, say)."""
     try:
-        tbs, alg, sig = _signed(child.der)
-        key_alg, param, key = _key(parent.spki)
+        tbs, alg, sig = _signed(child)
+        key_alg, param, key = _key(spki)
         name = _get(_SIG_HASH, alg)
         if name is None:
             return alg
         h = getattr(hashlib, name, None)
         if h is None:
             return _get(_SIG_NAMES, alg)
+        rsa_sig = alg.startswith("1.2.840.113549.")
+        if (key_alg == _RSA) != rsa_sig or key_alg not in (_RSA, _EC):
+            return False  # an RSA signature cannot verify with an EC key, nor the reverse
         digest = h(tbs).digest()
-        if key_alg == _RSA and alg.startswith("1.2.840.113549."):
+        if rsa_sig:
             return _rsa(key, digest, name, sig)
         curve = ec.CURVES.get(param)
-        if key_alg == _EC and alg.startswith("1.2.840.10045.") and curve is not None:
-            ok = _ecdsa(curve, key, digest, sig)
-            return "a compressed EC key" if ok is None else ok
-        return "%s with a %s key" % (_get(_SIG_NAMES, alg), param or key_alg)
+        if curve is None:
+            return "an EC key on curve %s" % param
+        ok = _ecdsa(curve, key, digest, sig)
+        return "a compressed EC key" if ok is None else ok
     except ValueError:
         return False  # a signature or key that does not even parse does not verify
 
 
 def bad_signature(depth, child, parent, host):
+    """The error for a link that does not verify (child, parent: certificate DER)."""
     from tlsguard.diagnose import printable
     from tlsguard.errors import TLSError
+    from tlsguard.x509 import Certificate
     return TLSError("bad_certificate", "bad signature on the certificate at depth %d '%s': it does not verify "
-                    "with the key of its issuer '%s'" % (depth, printable(child.subject), printable(parent.subject)),
-                    host, depth)
+                    "with the key of its issuer '%s'" % (depth, printable(Certificate(child).subject),
+                                                        printable(Certificate(parent).subject)), host, depth)
 
 
 def bad_link(certs, host):
-    """certs: (depth, Certificate) leaf first, each issued (by name) by the next. Returns (the
-    TLSError for the lowest link whose signature does not verify or None, [(depth, what) of the
-    links this device could not check])."""
+    """certs: (depth, certificate DER) leaf first, each issued (by name) by the next. Returns
+    (the TLSError for the lowest link whose signature does not verify or None, [(depth, what)
+    of the links this device could not check])."""
+    from tlsguard.x509 import subject_spki
     unchecked = []
     for i in range(len(certs) - 1):
         (depth, child), (_, parent) = certs[i], certs[i + 1]
-        ok = verify(child, parent)
+        ok = verify(child, subject_spki(parent)[1])
         if ok is False:
             return bad_signature(depth, child, parent, host), unchecked
         if ok is not True:
@@ -165,21 +171,28 @@ def first_contact(hs, found, note):
     it: a TLSError when a link does not verify (a retry cannot help: a forged or broken chain),
     else the note for the retry error ("" when every link verified). `note`: what the untrusted
     error says of the trust store's anchors."""
-    from tlsguard.diagnose import _certs, _untrusted
-    from tlsguard.x509 import Certificate
-    top_first = _certs(hs)
-    certs = sorted(top_first, key=lambda c: c[0])
+    from tlsguard.x509 import Certificate, subject_spki
+    certs = sorted(hs.chain, key=lambda c: c[0])
     if not certs:
         return ""
     err, unchecked = bad_link(certs, hs.host)
     if err is not None:
         return err
     depth, top = certs[-1]
+    try:
+        top = Certificate(top)
+    except ValueError:
+        return unchecked_note(unchecked)
     if not top.self_issued:
-        results = [verify(top, a) for a in (Certificate(d) for d in found) if a.subject_der == top.issuer_der]
+        results = []
+        for der in found:
+            subject, spki = subject_spki(der)
+            if bytes(subject) == top.issuer_der:
+                results.append(verify(top.der, spki))
         if results and all(r is False for r in results):
             # A root of that name is in the store but its key did not sign this chain.
-            return _untrusted(hs, hs.host, top_first, found, note)
+            from tlsguard.diagnose import _certs, _untrusted
+            return _untrusted(hs, hs.host, _certs(hs), found, note)
         if True not in results:
             unchecked += [(depth, r) for r in results if r is not False][:1]
     return unchecked_note(unchecked)
