@@ -463,3 +463,43 @@ def test_trust_store_path_names_the_same_cause(row, mpy, serve, root, inter, tru
     srv = serve(build(root, inter), ciphers="DEFAULT:@SECLEVEL=0" if row == "sha3_leaf" else None)
     got = device(mpy, "emit(connect(%d, trust=tlsguard.TrustStore(%r)))" % (srv.port, trust))
     assert got[:2] == [kind, depth] and got[2].startswith(message), got
+
+
+# --- out of memory ------------------------------------------------------------------------------
+
+OOM = """
+import errno, tlsguard
+ctx = tlsguard.SecureContext(cadata=%s)
+try:
+    tlsguard.connect("localhost", %d, context=ctx, timeout=10).close()
+    emit(None)
+except tlsguard.TLSError as e:
+    emit([e.kind, e.depth, e.detail, e.errno == errno.ENOMEM])
+"""
+
+
+@pytest.mark.builds("fw32-rp2")
+def test_running_out_of_memory_is_named(mpy, serve, root):
+    """With mbedTLS on the GC heap (rp2, stm32) a handshake in a heap too small fails in mbedTLS
+    (ENOMEM, MPI_ALLOC_FAILED) or in its signature check, which then reads as a bad signature.
+    Every such failure says "memory" (errno ENOMEM), never network, untrusted_root or
+    handshake_failed: the heap sizes around the smallest that works, each in a fresh process."""
+    rsa = root.intermediate("memory inter", kind="rsa")  # RSA: big-number work in mbedTLS
+    srv = serve(rsa.issue())
+    code = OOM % (pyrepr(root.der), srv.port)
+
+    def attempt(heap):
+        r = mpy.run(code, heapsize=str(heap))
+        assert r.returncode == 0 and r.results, r.output  # always a TLSError, never an escaping MemoryError
+        return r.value
+    lo, hi = 8 * 1024, 160 * 1024
+    assert attempt(hi) is None
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if attempt(mid) is None else (mid, hi)
+    failures = [attempt(heap) for heap in range(hi - 4096, hi + 1024, 256)] + [attempt(lo)]
+    failures = [f for f in failures if f is not None]
+    assert failures
+    for kind, depth, detail, enomem in failures:
+        assert kind == "memory" and enomem, (kind, depth, detail)
+        assert detail.startswith("out of memory"), detail

@@ -180,8 +180,13 @@ def bad_signature(facts, anchors, host):
         return None
     from tlsguard import sigcheck
     if n == 3:  # the leaf's link is the only one left
-        return sigcheck.bad_signature(0, facts[0].der, facts[1].der, host)
+        return (sigcheck.refused_but_verifies(0, facts[0].der, [facts[1].der], host) or
+                sigcheck.bad_signature(0, facts[0].der, facts[1].der, host))
     err, unchecked = sigcheck.bad_link([(i, f.der) for i, f in enumerate(facts[:-1])], host)
+    if err is None and not unchecked:
+        # Every link below the anchor verifies here: mbedTLS could not check one.
+        return TLSError("memory", "out of memory: mbedTLS refused a signature at depth 0 to %d, but each "
+                        "verifies on this device: mbedTLS most likely ran out of memory checking it" % (n - 3), host)
     if err is None and len(unchecked) == 1:  # the one link this device could not check
         depth = unchecked[0][0]
         err = sigcheck.bad_signature(depth, facts[depth].der, facts[depth + 1].der, host)

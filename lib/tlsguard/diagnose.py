@@ -37,6 +37,17 @@ _FLAGS = (
 # message it could not decode: the certificates themselves say what is wrong.
 _PARSE = (-0x7300, -0x7A00)
 _VERIFY_FAILED = -0x2700  # the flags did not fit MicroPython's 256-byte report
+# *_ALLOC_FAILED of mbedTLS modules (high-level part of a code: SSL, X509, PK, ECP, MD, CIPHER,
+# DHM, PEM) and of MPI and ASN.1 (low-level part: codes add up, e.g. RSA_PUBLIC_FAILED+MPI_...).
+_ALLOC_HIGH = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180, 0x3400, 0x1180)
+_ALLOC_LOW = (0x10, 0x6A)
+_ENOMEM = 12  # MP_ENOMEM on every port: MicroPython raises it for MBEDTLS_ERR_SSL_ALLOC_FAILED
+
+
+def _out_of_memory(code):
+    if code == _ENOMEM:
+        return True
+    return code < 0 and (((-code) & 0x7F) in _ALLOC_LOW or ((-code) & 0xFF80) in _ALLOC_HIGH)
 
 
 def printable(text):
@@ -96,7 +107,12 @@ def _untrusted(hs, host, certs, anchors, note=None):
         return TLSError("untrusted_root", "root '%s' is not a trusted anchor%s" % (printable(top.subject), tail),
                         host, depth)
     detail = "no trusted root for issuer '%s'" % printable(top.issuer)
-    if any(Certificate(der).subject_der == top.issuer_der for der in anchors):
+    named = [der for der in anchors if Certificate(der).subject_der == top.issuer_der]
+    if named:
+        from tlsguard import sigcheck
+        oom = sigcheck.refused_but_verifies(depth, top.der, named, host)
+        if oom is not None:
+            return oom
         detail += (" (a trusted root of that name is loaded but its key does not verify the signature: "
                    "another CA with the same name, or a corrupted signature)")
     elif not top.is_ca:
@@ -194,6 +210,10 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
     if isinstance(exc, TLSError):
         return exc
     host = hs.host if hs else None
+    if hs is not None and isinstance(hs.failure, MemoryError):  # raised inside the verify callback
+        exc, hs.failure = hs.failure, None
+    if isinstance(exc, MemoryError):
+        return TLSError("memory", "out of memory during the handshake (MemoryError: %s)" % exc, host)
     certs = _certs(hs) if hs else []
     if hs is not None and hs.failure is not None:
         err = hs.failure
@@ -207,6 +227,8 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
         return err
     now = platform.now()
     code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
+    if _out_of_memory(code):
+        return TLSError("memory", "out of memory during the handshake (%s)" % _name(exc), host)
     if code == _VERIFY_FAILED:
         # Too many flags for the report: the dates are checked here, the rest as "not trusted".
         text = "not correctly signed by the trusted CA"
@@ -282,7 +304,7 @@ def _name(exc):
     args = exc.args
     if len(args) > 1:
         return "%s (%s)" % (args[1], args[0])
-    errno_names = {104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED", 113: "EHOSTUNREACH",
+    errno_names = {12: "ENOMEM", 104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED", 113: "EHOSTUNREACH",
                    32: "EPIPE", 103: "ECONNABORTED", 107: "ENOTCONN"}
     code = args[0] if args else None
     return errno_names.get(code, str(code))

@@ -52,6 +52,9 @@ class Handshake:
                 elif hit:
                     self.pin_ok = True
             return self._leaf(raw) if depth == 0 else 0
+        except MemoryError as e:
+            self.failure = e  # diagnosed once mbedTLS has freed its memory: a TLSError now could fail too
+            return _ABORT
         except Exception as e:  # noqa: BLE001 - must not unwind through mbedTLS
             self.failure = TLSError("handshake_failed", "verify callback error: %r" % e, self.host, depth)
             return _ABORT

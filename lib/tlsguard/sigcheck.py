@@ -144,6 +144,24 @@ def bad_signature(depth, child, parent, host):
                                                         printable(Certificate(parent).subject)), host, depth)
 
 
+def refused_but_verifies(depth, child, parents, host):
+    """mbedTLS refused the signature of `child` (DER, at `depth`): a "memory" TLSError when the key
+    of one of `parents` (DER) verifies it here after all, i.e. mbedTLS could not check it (where
+    it allocates on the GC heap, an allocation that fails while it verifies reads as a bad
+    signature); else None."""
+    from tlsguard.x509 import subject_spki
+    for parent in parents:
+        if verify(child, subject_spki(parent)[1]) is True:
+            from tlsguard.diagnose import printable
+            from tlsguard.errors import TLSError
+            from tlsguard.x509 import Certificate
+            return TLSError("memory", "out of memory: mbedTLS refused the signature of the certificate at depth %d "
+                            "'%s', but it verifies on this device with the key of '%s': mbedTLS most likely ran "
+                            "out of memory checking it" % (depth, printable(Certificate(child).subject),
+                                                           printable(Certificate(parent).subject)), host, depth)
+    return None
+
+
 def bad_link(certs, host):
     """certs: (depth, certificate DER) leaf first, each issued (by name) by the next. Returns
     (the TLSError for the lowest link whose signature does not verify or None, [(depth, what)
