@@ -76,6 +76,16 @@ def _pss_leaf(root, inter):
     return rsa_inter.issue(kind="ec", sig="pss")
 
 
+def _policies(root, inter):
+    policy = x509.PolicyInformation(x509.ObjectIdentifier("2.23.140.1.2.1"), None)
+    return root.intermediate("policy inter", extra=[(x509.CertificatePolicies([policy]), True)]).issue()
+
+
+def _expired_inter(root, inter):
+    return root.intermediate("expired inter", not_before=pki.NOW - 40 * pki.DAY,
+                             not_after=pki.NOW - 2 * pki.DAY).issue()
+
+
 def _control_names(root, inter):
     return inter.issue(hosts=("a\x00b.example", "evil\x1b[2J.example"), cn="x\x07y")
 
@@ -100,6 +110,17 @@ TLS_ROWS = {
                   "(2.16.840.1.101.3.4.3.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
     "pss_leaf": (_pss_leaf, "bad_certificate", 0, "unsupported signature algorithm RSASSA-PSS "
                  "(1.2.840.113549.1.1.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
+    "policies": (_policies, "bad_certificate", 1, "critical certificatePolicies extension on the certificate at "
+                 "depth 1 'CN=policy inter,O=tlsguard tests' names policy 2.23.140.1.2.1: this build enforces only "
+                 "anyPolicy (2.5.29.32.0) in a critical one"),
+    "expired": (lambda root, inter: inter.issue(not_before=pki.NOW - 40 * pki.DAY, not_after=pki.NOW - 2 * pki.DAY),
+                "expired", 0, "certificate 'CN=localhost,O=tlsguard tests' expired on %s (device clock "
+                % (pki.NOW - 2 * pki.DAY).date()),
+    "expired_inter": (_expired_inter, "expired", 1, "certificate 'CN=expired inter,O=tlsguard tests' expired on %s "
+                      "(device clock " % (pki.NOW - 2 * pki.DAY).date()),
+    "not_yet_valid": (lambda root, inter: inter.issue(not_before=pki.NOW + 5 * pki.DAY), "not_yet_valid", 0,
+                      "certificate 'CN=localhost,O=tlsguard tests' is valid from %s, device clock says "
+                      % (pki.NOW + 5 * pki.DAY).date()),
     "control_names": (_control_names, "hostname_mismatch", 0, "the certificate is not valid for 'localhost': it "
                       "names DNS:a\\x00b.example, DNS:evil\\x1b[2J.example, not 'localhost'"),
 }
@@ -149,6 +170,22 @@ def test_each_broken_chain_names_its_cause(row, mpy, serve, root, inter, root_pe
     assert got[2].startswith(message), got
     assert not re.search(r"[\x00-\x1f\x7f-\x9f]", got[2])
     _same(doctor(srv.port, root_pem), got, "all")
+
+
+@pytest.mark.parametrize("cn", ["localhost", "other.example"])
+def test_cn_fallback_predicted_by_doctor(cn, mpy, serve, inter, root, root_pem):
+    """A leaf without any SAN: with cn_fallback the device matches its CN, and `tlsguard doctor
+    --cn-fallback` predicts the same outcome and message."""
+    srv = serve(inter.issue(hosts=(), cn=cn))
+    got = device(mpy, "emit(connect(%d, cadata=%s, cn_fallback=True))" % (srv.port, pyrepr(root.der)))
+    r = tlsguard("doctor", "127.0.0.1:%d" % srv.port, "--name", "localhost", "--no-bundle", "--cafile", root_pem,
+                 "--cn-fallback", timeout=120)
+    if cn == "localhost":
+        assert got is None and r.returncode == 0 and "device would get: no error" in r.stdout, (got, r.stdout)
+    else:
+        assert got == ["hostname_mismatch", 0, "the certificate is not valid for 'localhost': it has no "
+                       "subjectAltName and its subject CN does not name 'localhost'"], got
+        _same(doctor(srv.port, root_pem, "--cn-fallback"), got, "all")
 
 
 def test_unknown_leaf_algorithm_with_pins_is_not_called_interception(mpy, serve, root, inter, root_pem):

@@ -65,6 +65,11 @@ def parse_fault(presented):
             if ext.critical and oid not in CRITICAL:
                 return depth, ("critical extension %s on %s is not supported by this build"
                                % (_oid_name(oid), _where(depth, cert)))
+            named = [p.policy_identifier.dotted_string for p in ext.value
+                     if p.policy_identifier.dotted_string != "2.5.29.32.0"] if oid == "2.5.29.32" else []
+            if ext.critical and named:
+                return depth, ("critical certificatePolicies extension on %s names policy %s: this build "
+                               "enforces only anyPolicy (2.5.29.32.0) in a critical one" % (_where(depth, cert), named[0]))
     return None
 
 

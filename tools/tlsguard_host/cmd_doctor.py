@@ -79,22 +79,28 @@ def _dns_matches(pattern, name):
     return first != "" and tail == pattern[2:]
 
 
-def hostname_matches(cert, name):
-    """(matches, names the leaf carries, why not: worded as the device words it). Like the
-    device without cn_fallback: an IP matches IP SANs only, a name DNS SANs only, no CN."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False, [cert.subject.rfc4514_string()], (
-            "it has no subjectAltName (a subject CN is used only with cn_fallback=True)")
-    dns = san.get_values_for_type(x509.DNSName)
-    ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-    shown = chainfaults.printable(", ".join(["DNS:" + d for d in dns] + ["IP:" + a for a in ips]))
+def hostname_matches(cert, name, cn_fallback=False):
+    """(matches, names the leaf carries, why not: worded as the device words it). As the device:
+    an IP matches IP SANs only, a name DNS SANs only; with cn_fallback a leaf without any SAN
+    matches a name equal to one of its subject CNs (no wildcard)."""
     name = name.lower().rstrip(".")
     try:
         ip = str(ipaddress.ip_address(name))
     except ValueError:
         ip = None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        cns = [a.value.lower() for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+               if isinstance(a.value, str)]
+        if cn_fallback and ip is None and name in cns:
+            return True, [cert.subject.rfc4514_string()], ""
+        return False, [cert.subject.rfc4514_string()], (
+            "it has no subjectAltName and its subject CN does not name '%s'" % name if cn_fallback else
+            "it has no subjectAltName (a subject CN is used only with cn_fallback=True)")
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    shown = chainfaults.printable(", ".join(["DNS:" + d for d in dns] + ["IP:" + a for a in ips]))
     if ip is not None:
         return ip in ips, dns + ips, "it names %s; an IP address matches only an IP SAN" % shown
     return (any(_dns_matches(d, name) for d in dns), dns + ips, "it names %s, not '%s'" % (shown, name))
@@ -125,9 +131,12 @@ def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), hos
         weak = _weakness(c)
         if weak:
             return "bad_certificate", None, "'%s': %s" % (common_name(c.subject), weak)
-    for c in checked:
+    # Dates: the device names the certificate highest in the chain first, the clock beside it.
+    for depth in reversed(range(len(checked))):
+        c = checked[depth]
         if c.not_valid_before_utc > now:
-            return "not_yet_valid", None, "'%s' is valid from %s" % (common_name(c.subject), c.not_valid_before_utc.date())
+            return "not_yet_valid", depth, "certificate '%s' is valid from %s, device clock says %s" % (
+                chainfaults.name(c), c.not_valid_before_utc.date(), now.date())
     fault = chainfaults.issuer_fault(chain)
     for a in anchors:
         fault = fault or chainfaults.signature_fault(chain, a)
@@ -137,9 +146,11 @@ def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), hos
         top = path[-1]
         return "untrusted_root", None, "no trusted anchor for issuer '%s'%s" % (
             common_name(top.issuer), "" if top.issuer != top.subject else " (self-signed)")
-    for c in checked:
+    for depth in reversed(range(len(checked))):
+        c = checked[depth]
         if c.not_valid_after_utc < now:
-            return "expired", None, "'%s' expired on %s" % (common_name(c.subject), c.not_valid_after_utc.date())
+            return "expired", depth, "certificate '%s' expired on %s (device clock %s)" % (
+                chainfaults.name(c), c.not_valid_after_utc.date(), now.date())
     if not names[0]:
         return "hostname_mismatch", 0, "the certificate is not valid for '%s': %s" % (host.lower().rstrip("."),
                                                                                     names[2])
@@ -175,7 +186,7 @@ def run(args):
     if not presented.chain:
         names, path, anchor = (False, [], ""), [], None
     else:
-        names = hostname_matches(presented.chain[0], name)
+        names = hostname_matches(presented.chain[0], name, args.cn_fallback)
         print("hostname: %s %s (certificate names: %s)" % (name, "matches" if names[0] else "DOES NOT match",
                                                             printable(", ".join(names[1]))))
         path, anchor = chain_to_anchor(presented.chain, anchors)
@@ -201,5 +212,7 @@ def register(sub):
     p.add_argument("--bundle", help="trust bundle (default certs/roots.bin, else certifi's roots)")
     p.add_argument("--no-bundle", action="store_true", help="trust only --cafile")
     p.add_argument("--pin", action="append", metavar="sha256/...", help="pins the device enforces")
+    p.add_argument("--cn-fallback", action="store_true",
+                   help="the device uses SecureContext(cn_fallback=True): a leaf without SAN may match by CN")
     p.add_argument("--timeout", type=float, default=10)
     p.set_defaults(func=run)
