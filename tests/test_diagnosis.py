@@ -401,6 +401,53 @@ def test_without_a_second_look_a_skipped_leaf_is_flagged(mpy, serve, root, inter
     assert "certificate at depth 0 is a CA" in got[2] and "signature algorithm" in got[2]
 
 
+BARE = ("; a bare wrap_socket cannot read the chain again to tell: tlsguard.connect() or `tlsguard doctor "
+        "HOST:PORT` names it")
+UNLINKED = ("no trusted root for issuer '%s' (the server sent no certificate for it that mbedTLS would link: it "
+            "sent none, or one mbedTLS refused as an issuer (not a CA, no keyCertSign, path length)" + BARE + ")")
+UNPARSED = "a certificate the server sent could not be parsed: it "
+# row of TLS_ROWS or RAW_ROWS: (kind, depth, start of the message, its end)
+BARE_ROWS = {
+    "not_ca": ("untrusted_root", 0, UNLINKED % "CN=not a CA,O=tlsguard tests", ""),
+    "no_keycertsign": ("untrusted_root", 0, UNLINKED % "CN=no keyCertSign,O=tlsguard tests", ""),
+    "pathlen": ("untrusted_root", 1, UNLINKED % "CN=pathlen zero,O=tlsguard tests", ""),
+    "name_constraints": ("bad_certificate", None, UNPARSED + "has an extension this build cannot read: malformed, "
+                         "repeated, or one it does not support (e.g. a critical nameConstraints) "
+                         "(MBEDTLS_ERR_X509_INVALID_EXTENSIONS", BARE),
+    "policies": ("bad_certificate", None, UNPARSED + "uses a feature this build does not support (a critical "
+                 "extension it cannot enforce, e.g. certificatePolicies naming a policy) "
+                 "(MBEDTLS_ERR_X509_FEATURE_UNAVAILABLE (-8320))", BARE),
+    "pss_leaf": ("bad_certificate", None, UNPARSED + "has an algorithm this build does not know (e.g. RSA-PSS) "
+                 "(MBEDTLS_ERR_X509_INVALID_ALG (-8960))", BARE),
+    "garbage_intermediate": ("bad_certificate", None, UNPARSED + "is malformed (MBEDTLS_ERR_X509_INVALID_FORMAT", BARE),
+    "short": ("handshake_failed", None, "could not decode the server's handshake: a malformed Certificate message "
+              "(e.g. an entry too short to be a certificate), or this port does not speak TLS" + BARE, ""),
+}
+
+
+@pytest.mark.parametrize("row", sorted(BARE_ROWS))
+def test_bare_wrap_socket_says_what_it_knows(row, mpy, serve, root, inter):
+    """A bare wrap_socket cannot read the chain again, and mbedTLS drops what it refuses to link
+    or parse: the message says what is known (and no more: not "the server sent no
+    intermediate") and that connect() or doctor names the certificate; connect() does."""
+    kind, depth, start, end = BARE_ROWS[row]
+    srv = None
+    if row in RAW_ROWS:
+        srv = servers.RawTLSServer(RAW_ROWS[row][0](inter.issue(), inter))
+        port = srv.port
+    else:
+        port = serve(TLS_ROWS[row][0](root, inter)).port
+    try:
+        bare, full = device_all(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))\nemit(connect(%d, cadata=%s))"
+                                % (port, pyrepr(root.der), port, pyrepr(root.der)))
+    finally:
+        if srv is not None:
+            srv.close()
+    assert bare[:2] == [kind, depth] and bare[2].startswith(start) and bare[2].endswith(end), bare
+    named = RAW_ROWS[row][2] if row in RAW_ROWS else TLS_ROWS[row][3]
+    assert full[0] == "bad_certificate" and full[2].startswith(named), full
+
+
 def test_a_date_fault_comes_before_the_name(mpy, serve, root, inter, root_pem):
     """A chain that verifies up to the anchor and whose leaf names another host is refused by
     tlsguard's own name check, which ends the handshake early; the leaf's expiry is still named
