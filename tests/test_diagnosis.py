@@ -438,8 +438,8 @@ def test_bare_wrap_socket_says_what_it_knows(row, mpy, serve, root, inter):
     else:
         port = serve(TLS_ROWS[row][0](root, inter)).port
     try:
-        bare, full = device_all(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))\nemit(connect(%d, cadata=%s))"
-                                % (port, pyrepr(root.der), port, pyrepr(root.der)))
+        bare, full = device_all(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))\n"
+                                "emit(connect(%d, cadata=%s))" % (port, pyrepr(root.der), port, pyrepr(root.der)))
     finally:
         if srv is not None:
             srv.close()

@@ -1,4 +1,4 @@
-"""Certificate signatures checked on the device (RSA PKCS#1 v1.5, ECDSA P-256/P-384), to name a bad link when mbedTLS can only say "not trusted". Loaded only to diagnose a refused chain."""
+"""Certificate signatures checked on the device (RSA PKCS#1 v1.5, ECDSA P-256/P-384) to name a refused link."""
 import hashlib
 
 from tlsguard import der, ec
@@ -134,14 +134,35 @@ def verify(child, spki):
         return False  # a signature or key that does not even parse does not verify
 
 
+def _name(cert):
+    """The subject of certificate DER for a message ('?' if our stricter parser refuses it)."""
+    from tlsguard.diagnose import printable
+    from tlsguard.x509 import Certificate
+    try:
+        return printable(Certificate(cert).subject)
+    except ValueError:
+        return "?"
+
+
+def _subject_spki(cert):
+    """(subject DN, SubjectPublicKeyInfo) of certificate DER, (None, b"") if unreadable."""
+    from tlsguard.x509 import subject_spki
+    try:
+        subject, spki = subject_spki(cert)
+        return bytes(subject), spki
+    except ValueError:
+        return None, b""  # a key that verifies nothing
+
+
+def _spki(cert):
+    return _subject_spki(cert)[1]
+
+
 def bad_signature(depth, child, parent, host):
     """The error for a link that does not verify (child, parent: certificate DER)."""
-    from tlsguard.diagnose import printable
     from tlsguard.errors import TLSError
-    from tlsguard.x509 import Certificate
     return TLSError("bad_certificate", "bad signature on the certificate at depth %d '%s': it does not verify "
-                    "with the key of its issuer '%s'" % (depth, printable(Certificate(child).subject),
-                                                        printable(Certificate(parent).subject)), host, depth)
+                    "with the key of its issuer '%s'" % (depth, _name(child), _name(parent)), host, depth)
 
 
 def refused_but_verifies(depth, child, parents, host):
@@ -149,16 +170,12 @@ def refused_but_verifies(depth, child, parents, host):
     of one of `parents` (DER) verifies it here after all, i.e. mbedTLS could not check it (where
     it allocates on the GC heap, an allocation that fails while it verifies reads as a bad
     signature); else None."""
-    from tlsguard.x509 import subject_spki
     for parent in parents:
-        if verify(child, subject_spki(parent)[1]) is True:
-            from tlsguard.diagnose import printable
+        if verify(child, _spki(parent)) is True:
             from tlsguard.errors import TLSError
-            from tlsguard.x509 import Certificate
             return TLSError("memory", "out of memory: mbedTLS refused the signature of the certificate at depth %d "
                             "'%s', but it verifies on this device with the key of '%s': mbedTLS most likely ran "
-                            "out of memory checking it" % (depth, printable(Certificate(child).subject),
-                                                           printable(Certificate(parent).subject)), host, depth)
+                            "out of memory checking it" % (depth, _name(child), _name(parent)), host, depth)
     return None
 
 
@@ -166,11 +183,10 @@ def bad_link(certs, host):
     """certs: (depth, certificate DER) leaf first, each issued (by name) by the next. Returns
     (the TLSError for the lowest link whose signature does not verify or None, [(depth, what)
     of the links this device could not check])."""
-    from tlsguard.x509 import subject_spki
     unchecked = []
     for i in range(len(certs) - 1):
         (depth, child), (_, parent) = certs[i], certs[i + 1]
-        ok = verify(child, subject_spki(parent)[1])
+        ok = verify(child, _spki(parent))
         if ok is False:
             return bad_signature(depth, child, parent, host), unchecked
         if ok is not True:
@@ -189,7 +205,7 @@ def first_contact(hs, found, note):
     it: a TLSError when a link does not verify (a retry cannot help: a forged or broken chain),
     else the note for the retry error ("" when every link verified). `note`: what the untrusted
     error says of the trust store's anchors."""
-    from tlsguard.x509 import Certificate, subject_spki
+    from tlsguard.x509 import Certificate
     certs = sorted(hs.chain, key=lambda c: c[0])
     if not certs:
         return ""
@@ -204,8 +220,8 @@ def first_contact(hs, found, note):
     if not top.self_issued:
         results = []
         for der in found:
-            subject, spki = subject_spki(der)
-            if bytes(subject) == top.issuer_der:
+            subject, spki = _subject_spki(der)
+            if subject == top.issuer_der:
                 results.append(verify(top.der, spki))
         if results and all(r is False for r in results):
             # A root of that name is in the store but its key did not sign this chain.

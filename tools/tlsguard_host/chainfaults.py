@@ -69,7 +69,8 @@ def parse_fault(presented):
                      if p.policy_identifier.dotted_string != "2.5.29.32.0"] if oid == "2.5.29.32" else []
             if ext.critical and named:
                 return depth, ("critical certificatePolicies extension on %s names policy %s: this build "
-                               "enforces only anyPolicy (2.5.29.32.0) in a critical one" % (_where(depth, cert), named[0]))
+                               "enforces only anyPolicy (2.5.29.32.0) in a critical one"
+                               % (_where(depth, cert), named[0]))
     return None
 
 
