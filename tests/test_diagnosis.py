@@ -188,6 +188,40 @@ def test_cn_fallback_predicted_by_doctor(cn, mpy, serve, inter, root, root_pem):
         _same(doctor(srv.port, root_pem, "--cn-fallback"), got, "all")
 
 
+STRANGER = "CN=stranger root,O=tlsguard tests"
+# name: (chain builder, depth, message with cadata, what a trust store adds)
+UNTRUSTED = {
+    "leaf_only": (lambda root: pki.CA("stranger root").issue(), 0, "no trusted root for issuer '%s' (the server "
+                  "sent no intermediate: it may be missing from its chain)" % STRANGER,
+                  "; it is not in the trust bundle (1 roots) nor in the 0 private roots"),
+    "with_intermediate": (lambda root: pki.CA("stranger root").intermediate("stranger inter").issue(), 1,
+                          "no trusted root for issuer '%s'" % STRANGER,
+                          "; it is not in the trust bundle (1 roots) nor in the 0 private roots"),
+    "self_signed": (lambda root: pki.self_signed_leaf(), 0, "self-signed certificate 'CN=localhost,O=tlsguard "
+                    "tests' is not trusted", "; it is not in the trust bundle (1 roots) nor in the 0 private roots"),
+    "same_name": (lambda root: pki.CA("diagnosis root").intermediate("impostor inter").issue(), 1,
+                  "no trusted root for issuer 'CN=diagnosis root,O=tlsguard tests' (a trusted root of that name is "
+                  "loaded but its key does not verify the signature: another CA with the same name, or a corrupted "
+                  "signature)", "; the trust store's anchors for it do not verify this chain"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(UNTRUSTED))
+def test_untrusted_chain_predicted_by_doctor(row, mpy, serve, root, root_pem, trust):
+    """With cadata (doctor --cafile --no-bundle) and with a trust bundle (doctor --bundle), the
+    device and doctor name the same untrusted top, in the same words."""
+    build, depth, message, store = UNTRUSTED[row]
+    srv = serve(build(root))
+    with_cadata, with_store = device_all(mpy, "emit(connect(%d, cadata=%s))\n" % (srv.port, pyrepr(root.der)) +
+                                         CONNECT % (srv.port, trust))
+    assert with_cadata == ["untrusted_root", depth, message], with_cadata
+    assert with_store == ["untrusted_root", depth, message + store], with_store
+    _same(doctor(srv.port, root_pem), with_cadata, "all")
+    r = tlsguard("doctor", "127.0.0.1:%d" % srv.port, "--name", "localhost", "--bundle", trust, timeout=120)
+    assert "device would get: untrusted_root (certificate depth %d): %s\n" % (depth, message + store) in r.stdout, \
+        r.stdout
+
+
 def test_unknown_leaf_algorithm_with_pins_is_not_called_interception(mpy, serve, root, inter, root_pem):
     """mbedTLS skips the leaf it cannot read and checks the pins against the intermediate: the
     diagnosis must name the algorithm, not a pin mismatch (which reads as an attack)."""

@@ -131,6 +131,32 @@ def signature_fault(chain, anchor):
     return None
 
 
+def untrusted_fault(chain, anchors, bundle=None):
+    """The device's words for a chain that reaches no anchor: (depth of the top of the chain as
+    mbedTLS links it, detail). bundle: (roots in the trust bundle, private roots) when the device
+    searches a trust store, None for cadata alone."""
+    path = name_path(chain)
+    depth, top = len(path) - 1, path[-1]
+    same_name = any(a.subject == top.issuer for a in anchors)
+    tail = ""
+    if bundle:
+        tail = "; " + ("the trust store's anchors for it do not verify this chain" if same_name else
+                       "it is not in the trust bundle (%d roots) nor in the %d private roots" % bundle)
+    if top.subject == top.issuer:
+        what = "self-signed certificate '%s' is not trusted" if depth == 0 else "root '%s' is not a trusted anchor"
+        return depth, what % name(top) + tail
+    detail = "no trusted root for issuer '%s'" % printable(top.issuer.rfc4514_string())
+    bc = _ext(top, x509.BasicConstraints)
+    if same_name:
+        detail += (" (a trusted root of that name is loaded but its key does not verify the signature: another "
+                   "CA with the same name, or a corrupted signature)")
+    elif bc is None or not bc.ca:
+        detail += " (the server sent no intermediate: it may be missing from its chain)"
+    if not anchors and not bundle:
+        detail += "; no trust anchors are loaded"
+    return depth, detail + tail
+
+
 def eku_fault(leaf):
     eku = _ext(leaf, x509.ExtendedKeyUsage)
     if eku is None:

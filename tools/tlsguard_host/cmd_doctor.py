@@ -24,7 +24,8 @@ WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 
 
 def load_anchors(args):
-    """[(certificate, where from)] the device would trust."""
+    """[(certificate, where from)] the device would trust: --cafile first (the device's cadata,
+    its private roots), then the trust bundle's."""
     anchors = []
     for path in args.cafile or ():
         anchors += [(c, path) for c in load_certs(path, "--cafile")]
@@ -115,9 +116,9 @@ def _weakness(cert):
     return None
 
 
-def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), host=None):
+def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), host=None, bundle=None):
     """(kind or None, depth or None, reason), in the order the device meets the problems.
-    `names`: hostname_matches()."""
+    `names`: hostname_matches(); `bundle`: see chainfaults.untrusted_fault."""
     chain = presented.chain
     if not {"TLSv1.2", "TLSv1.3"}.intersection(versions + [presented.version]):
         return "weak_protocol", None, "the server accepts only %s" % (", ".join(versions) or "no version we tried")
@@ -143,9 +144,7 @@ def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), hos
     if fault:
         return ("bad_certificate",) + fault
     if anchor is None:
-        top = path[-1]
-        return "untrusted_root", None, "no trusted anchor for issuer '%s'%s" % (
-            common_name(top.issuer), "" if top.issuer != top.subject else " (self-signed)")
+        return ("untrusted_root",) + chainfaults.untrusted_fault(chain, anchors, bundle)
     for depth in reversed(range(len(checked))):
         c = checked[depth]
         if c.not_valid_after_utc < now:
@@ -194,8 +193,10 @@ def run(args):
             print("chains to: %s (%s)" % (printable(anchor[0].subject.rfc4514_string()), anchor[1]))
         else:
             print("chains to: no trusted anchor among %d" % len(anchors))
+    private = sum(1 for _, source in anchors if source in (args.cafile or ()))
+    bundle = None if args.no_bundle else (len(anchors) - private, private)
     kind, depth, reason = verdict(versions, presented, path, anchor, names, args.pin, now,
-                                  [a for a, _ in anchors], name)
+                                  [a for a, _ in anchors], name, bundle)
     if kind:
         print("device would get: %s%s: %s" % (kind, "" if depth is None else " (certificate depth %d)" % depth,
                                               reason))
