@@ -186,7 +186,8 @@ def recorded(hs):
 def bad_signature(facts, anchors, host):
     """The chain reached a loaded anchor yet mbedTLS said not trusted: a signature below it does
     not verify (a link into the anchor is checked while searching: a bad one is not linked at
-    all). facts: the recorded chain, leaf first."""
+    all), named by checking them here (sigcheck); if they all verify here, mbedTLS ran out of
+    memory checking one. facts: the recorded chain, leaf first."""
     n = len(facts)
     if n < 3 or facts[-1].der not in anchors:
         return None

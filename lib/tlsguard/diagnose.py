@@ -51,16 +51,16 @@ _PARSE_WHY = (
 # A bare wrap_socket (asyncio too) cannot reconnect to read what the server sent.
 _BARE = ("; a bare wrap_socket cannot read the chain again to tell: tlsguard.connect() or "
          "`tlsguard doctor HOST:PORT` names it")
-
-
-def _bare(hs):
-    """A client handshake whose failure cannot take a second look (not connect(), not a server)."""
-    return hs is not None and hs.host is not None and hs.refetch is None
 # *_ALLOC_FAILED of mbedTLS modules (high-level part of a code: SSL, X509, PK, ECP, MD, CIPHER,
 # DHM, PEM) and of MPI and ASN.1 (low-level part: codes add up, e.g. RSA_PUBLIC_FAILED+MPI_...).
 _ALLOC_HIGH = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180, 0x3400, 0x1180)
 _ALLOC_LOW = (0x10, 0x6A)
 _ENOMEM = 12  # MP_ENOMEM on every port: MicroPython raises it for MBEDTLS_ERR_SSL_ALLOC_FAILED
+
+
+def _bare(hs):
+    """A client handshake whose failure cannot take a second look (not connect(), not a server)."""
+    return hs is not None and hs.host is not None and hs.refetch is None
 
 
 def _out_of_memory(code):
@@ -234,7 +234,7 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
         return exc
     host = hs.host if hs else None
     if hs is not None and isinstance(hs.failure, MemoryError):  # raised inside the verify callback
-        exc, hs.failure = hs.failure, None
+        exc = hs.failure
     if isinstance(exc, MemoryError):
         return TLSError("memory", "out of memory during the handshake (MemoryError: %s)" % exc, host)
     certs = _certs(hs) if hs else []
@@ -338,7 +338,7 @@ def _name(exc):
     args = exc.args
     if len(args) > 1:
         return "%s (%s)" % (args[1], args[0])
-    errno_names = {12: "ENOMEM", 104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED", 113: "EHOSTUNREACH",
-                   32: "EPIPE", 103: "ECONNABORTED", 107: "ENOTCONN"}
+    errno_names = {12: "ENOMEM", 104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED",
+                   113: "EHOSTUNREACH", 32: "EPIPE", 103: "ECONNABORTED", 107: "ENOTCONN"}
     code = args[0] if args else None
     return errno_names.get(code, str(code))
