@@ -37,20 +37,6 @@ _FLAGS = (
 # message it could not decode: the certificates themselves say what is wrong.
 _PARSE = (-0x7300, -0x7A00)
 _VERIFY_FAILED = -0x2700  # the flags did not fit MicroPython's 256-byte report
-# What the high-level part of an X.509/PK parse error says of the certificate, for when the chain
-# cannot be read again to name it (a bare wrap_socket); others: malformed.
-_PARSE_WHY = (
-    0x2080, "uses a feature this build does not support (a critical extension it cannot enforce, e.g. "
-            "certificatePolicies naming a policy)",
-    0x2500, "has an extension this build cannot read: malformed, repeated, or one it does not support "
-            "(e.g. a critical nameConstraints)",
-    0x2300, "has an algorithm this build does not know (e.g. RSA-PSS)",
-    0x2600, "has a signature algorithm this build does not know",
-    0x3C80, "has a key algorithm this build does not know",
-)
-# A bare wrap_socket (asyncio too) cannot reconnect to read what the server sent.
-_BARE = ("; a bare wrap_socket cannot read the chain again to tell: tlsguard.connect() or "
-         "`tlsguard doctor HOST:PORT` names it")
 # *_ALLOC_FAILED of mbedTLS modules (high-level part of a code: SSL, X509, PK, ECP, MD, CIPHER,
 # DHM, PEM) and of MPI and ASN.1 (low-level part: codes add up, e.g. RSA_PUBLIC_FAILED+MPI_...).
 _ALLOC_HIGH = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180, 0x3400, 0x1180)
@@ -58,15 +44,19 @@ _ALLOC_LOW = (0x10, 0x6A)
 _ENOMEM = 12  # MP_ENOMEM on every port: MicroPython raises it for MBEDTLS_ERR_SSL_ALLOC_FAILED
 
 
-def _bare(hs):
-    """A client handshake whose failure cannot take a second look (not connect(), not a server)."""
-    return hs is not None and hs.host is not None and hs.refetch is None
+def _code(exc):
+    """The int error code an OSError carries (errno or mbedTLS's negative code), else 0."""
+    return exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
 
 
-def _out_of_memory(code):
-    if code == _ENOMEM:
-        return True
-    return code < 0 and (((-code) & 0x7F) in _ALLOC_LOW or ((-code) & 0xFF80) in _ALLOC_HIGH)
+def memory(exc, host=None, when="during the handshake"):
+    """The "memory" TLSError when `exc` says the device ran out of memory (a MemoryError, ENOMEM,
+    an mbedTLS *_ALLOC_FAILED code), else None."""
+    n = -_code(exc)
+    if isinstance(exc, MemoryError) or (not isinstance(exc, TLSError) and (
+            n == -_ENOMEM or (n > 0 and ((n & 0x7F) in _ALLOC_LOW or (n & 0xFF80) in _ALLOC_HIGH)))):
+        return TLSError("memory", "out of memory %s (%s)" % (when, _name(exc)), host)
+    return None
 
 
 def printable(text):
@@ -134,10 +124,9 @@ def _untrusted(hs, host, certs, anchors, note=None):
             return oom
         detail += (" (a trusted root of that name is loaded but its key does not verify the signature: "
                    "another CA with the same name, or a corrupted signature)")
-    elif _bare(hs):
-        # mbedTLS links only an issuer it accepts: what it refused never reaches the callback.
-        detail += (" (the server sent no certificate for it that mbedTLS would link: it sent none, or one "
-                   "mbedTLS refused as an issuer (not a CA, no keyCertSign, path length)%s)" % _BARE)
+    elif hs.refetch is None and host is not None:  # a bare wrap_socket: no second look
+        from tlsguard import unseen
+        detail += unseen.UNLINKED
     elif not top.is_ca:
         detail += " (the server sent no intermediate: it may be missing from its chain)"
     if note:
@@ -235,8 +224,9 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
     host = hs.host if hs else None
     if hs is not None and isinstance(hs.failure, MemoryError):  # raised inside the verify callback
         exc = hs.failure
-    if isinstance(exc, MemoryError):
-        return TLSError("memory", "out of memory during the handshake (MemoryError: %s)" % exc, host)
+    err = memory(exc, host)
+    if err is not None:
+        return err
     certs = _certs(hs) if hs else []
     if hs is not None and hs.failure is not None:
         err = hs.failure
@@ -249,9 +239,7 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
             err = _dates(hs, host, certs, floor) or err
         return err
     now = platform.now()
-    code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
-    if _out_of_memory(code):
-        return TLSError("memory", "out of memory during the handshake (%s)" % _name(exc), host)
+    code = _code(exc)
     if code == _VERIFY_FAILED:
         # Too many flags for the report: the dates are checked here, the rest as "not trusted".
         text = "not correctly signed by the trusted CA"
@@ -312,20 +300,13 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
                 err = _presented(hs, host, True)
             if err is not None:
                 return err
-        if code == -0x7300 and _bare(hs):
-            return TLSError("handshake_failed", "could not decode the server's handshake: a malformed "
-                            "Certificate message (e.g. an entry too short to be a certificate), or this port "
-                            "does not speak TLS" + _BARE, host)
+        if hs is not None and hs.refetch is None and host is not None and (
+                code == -0x7300 or -0x4000 < code <= -0x2000):
+            from tlsguard import unseen
+            return unseen.unparsed(code, _name(exc), host)
         if code in _BY_CODE:
             kind, detail = _BY_CODE[code]
             return TLSError(kind, detail, host)
-        if parse and _bare(hs):
-            why = "is malformed"
-            for i in range(0, len(_PARSE_WHY), 2):
-                if (-code) & 0xFF80 == _PARSE_WHY[i]:
-                    why = _PARSE_WHY[i + 1]
-            return TLSError("bad_certificate", "a certificate the server sent could not be parsed: it %s (%s)%s"
-                            % (why, _name(exc), _BARE), host)
         if parse:
             return TLSError("bad_certificate", "certificate could not be parsed (%s)" % _name(exc), host)
         if code > 0 or -0x0060 < code < 0:
