@@ -167,9 +167,12 @@ class TrustStore:
     it in errors and the anchor cache. `find()` needs a few hundred bytes of heap whatever the
     bundle's size; `build_time` is a floor for the clock."""
 
+    _data = None  # a class default: a file's store has no slot for it
+
     def __init__(self, path, data=None):
         self.path = path
-        self._data = data
+        if data is not None:
+            self._data = data
         self._ix = bytearray(_INDEX)
         self._eh = bytearray(10)  # entry head: flags, [pathlen], notBefore, notAfter
         head = bytearray(_HEADER)
