@@ -20,9 +20,6 @@ _TBS_HEAD = b"\xa0\x03\x02\x01\x02\x02\x01\x01" + _SIG_ALG  # v3, serial 1
 _BC_OID = b"\x06\x03\x55\x1d\x13\x01\x01\xff"  # basicConstraints, critical
 
 
-FROZEN = "tlsguard_roots"
-
-
 class BundleError(ValueError):
     """The bundle is missing, truncated, corrupted or of another format version."""
 
@@ -154,11 +151,12 @@ def minimal_cert(subject, spki_len, not_before, not_after, pathlen=None):
 
 def frozen_roots():
     """The TrustStore of the bundle frozen into this firmware; BundleError if it has none."""
+    name = "tlsguard_roots"  # the module `tlsguard bundle --frozen` writes
     try:
-        roots = __import__(FROZEN).ROOTS
+        roots = __import__(name).ROOTS
     except (ImportError, AttributeError):
-        raise BundleError(FROZEN, "not frozen into this firmware (manifest.py option roots=)", True)
-    return TrustStore(FROZEN, roots)
+        raise BundleError(name, "not frozen into this firmware (manifest.py option roots=)", True)
+    return TrustStore(name, roots)
 
 
 class TrustStore:

@@ -49,11 +49,15 @@ def _date(secs):
     return datetime.datetime.fromtimestamp(secs, datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
-def _write(path, option, data):
-    """Write data to path through a temporary file, so a failed write leaves the old file."""
+def _check_folder(path, option):
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CLIError("%s %s: folder %s does not exist" % (option, path, folder))
+
+
+def _write(path, option, data):
+    """Write data to path through a temporary file, so a failed write leaves the old file."""
+    _check_folder(path, option)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -106,11 +110,11 @@ def run_list(path):
 
 
 def run(args):
-    if args.frozen and os.path.basename(args.frozen) != bundle.FROZEN_MODULE:
-        raise CLIError("--frozen %s: name the module %s (the device imports it by that name)"
-                       % (args.frozen, bundle.FROZEN_MODULE))
-    if args.frozen and not os.path.isdir(os.path.dirname(os.path.abspath(args.frozen))):
-        raise CLIError("--frozen %s: folder %s does not exist" % (args.frozen, os.path.dirname(os.path.abspath(args.frozen))))
+    if args.frozen:  # refused before anything is written
+        if os.path.basename(args.frozen) != bundle.FROZEN_MODULE:
+            raise CLIError("--frozen %s: name the module %s (the device imports it by that name)"
+                           % (args.frozen, bundle.FROZEN_MODULE))
+        _check_folder(args.frozen, "--frozen")
     if args.list is not None:
         if args.source or args.add or args.build_time or args.frozen:
             raise CLIError("--list reads a bundle; it takes no --from, --add, --build-time or --frozen")
