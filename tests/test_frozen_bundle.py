@@ -82,6 +82,10 @@ def test_first_contact_through_the_frozen_bundle_in_a_heap_a_copy_would_not_fit(
     # Beyond the file's store: only the module object of tlsguard_roots (its bytes stay in flash).
     assert held_frozen <= held_file + 128 and held_file < 1024, got
     assert got["after"] < 16 * 1024 < size // 3, got  # code loaded by the connections, and the store
+    # After a restart the cached anchor verifies at once.
+    again = mpy.value(FIRST_CONTACT % frozen_server.port, heapsize=FIRST_CONTACT_HEAP[mpy.build])
+    assert again["runs"] == [["echo:ping\n", 1], ["echo:ping\n", 1]]
+    assert frozen_server.handshakes == 4  # the discovery handshake never completes on the server
 
 
 @pytest.mark.builds("fw32")
