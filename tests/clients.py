@@ -171,14 +171,7 @@ class Proxy:
 
     @staticmethod
     def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(4096)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
+        servers.pump(src, dst)
         _shut(src)
         _shut(dst)
 

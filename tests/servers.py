@@ -48,17 +48,21 @@ class PyTLSServer:
                 peer = tconn.getpeercert(binary_form=True)
                 if peer:
                     self.client_certs.append(peer)
-                f = tconn.makefile("rwb")
-                while True:
-                    line = f.readline()
-                    if not line:
-                        break
-                    f.write(b"echo:" + line)
-                    f.flush()
+                self._serve(tconn)
         except (OSError, ssl.SSLError) as e:
             self.errors.append(e)
         finally:
             conn.close()
+
+    def _serve(self, tconn):
+        """After the handshake: echo each line back."""
+        f = tconn.makefile("rwb")
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            f.write(b"echo:" + line)
+            f.flush()
 
     def close(self):
         self.sock.close()
@@ -198,6 +202,18 @@ def _reported_port(proc, log, pattern, timeout=30):
             stop_process(proc)
             raise RuntimeError("server did not start: %s" % text.decode(errors="replace"))
         time.sleep(0.05)
+
+
+def pump(src, dst):
+    """Copy src to dst until src ends or either fails (a relay's one direction)."""
+    try:
+        while True:
+            data = src.recv(4096)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
 
 
 class ClosedPort:

@@ -3,6 +3,7 @@ devices over dns-01 and http-01, the device's own CSR, renewal, and every refusa
 and nothing half written: policy, failing challenges, badNonce, rateLimited, CA unreachable."""
 import http.client
 import http.server
+import itertools
 import json
 import os
 import socket
@@ -30,18 +31,14 @@ ALLOW = "*.fleet.example.com"
 
 @pytest.fixture
 def start_pebble(tmp_path):
-    started = []
+    names = itertools.count()
 
-    def start(env=None, http_port=None, dns_server=None, chall_http01=False, eab_keys=None):
-        folder = tmp_path / ("pebble%d" % len(started))
+    def pebble(env=None, http_port=None, dns_server=None, chall_http01=False, eab_keys=None):
+        folder = tmp_path / ("pebble%d" % next(names))
         folder.mkdir()
-        pb = Pebble(folder, env, http_port, dns_server, chall_http01, eab_keys)
-        started.append(pb)
-        return pb
+        return Pebble(folder, env, http_port, dns_server, chall_http01, eab_keys)
 
-    yield start
-    for pb in started:
-        pb.close()
+    yield from servers.started(pebble)
 
 
 @pytest.fixture
