@@ -204,6 +204,34 @@ def _reported_port(proc, log, pattern, timeout=30):
         time.sleep(0.05)
 
 
+class Listener:
+    """A TCP listener on 127.0.0.1 (port from the OS) that counts connections and hands each to
+    self._accept in its accepting thread, until closed. Subclasses set their state first."""
+
+    def __init__(self):
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _listen(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._accept(conn)
+
+    def _accept(self, conn):
+        conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
 def pump(src, dst):
     """Copy src to dst until src ends or either fails (a relay's one direction)."""
     try:

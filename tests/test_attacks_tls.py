@@ -75,31 +75,7 @@ class Attacker(servers.PyTLSServer):
         return SECRET in b"".join(self.received)
 
 
-class Listener:
-    """A TCP listener on 127.0.0.1 (port 0) handing each connection to self._accept."""
-
-    def __init__(self):
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self._accept(conn)
-
-    def close(self):
-        self.sock.close()
-
-
-class Resetter(Listener):
+class Resetter(servers.Listener):
     """Accepts TCP connections and resets them at once (an on-path attacker's RST)."""
 
     def _accept(self, conn):
@@ -107,7 +83,7 @@ class Resetter(Listener):
         conn.close()
 
 
-class Relay(Listener):
+class Relay(servers.Listener):
     """An on-path relay between the device and a server: the server's bytes pass unchanged; the
     device's records (whole TLS records, type and body) go through self._record, which forwards
     them or ends the connection. `sent`: per connection, every byte the device sent."""
