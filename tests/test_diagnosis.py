@@ -172,6 +172,27 @@ def test_each_broken_chain_names_its_cause(row, mpy, serve, root, inter, root_pe
     _same(doctor(srv.port, root_pem), got, "all")
 
 
+@pytest.mark.parametrize("case", ["pathlen", "no_keycertsign"])
+def test_an_anchor_that_may_not_issue_the_chain(case, mpy, serve, tmp_path):
+    """mbedTLS does not link a trusted root that may not issue the chain (pathLen 0 above an
+    intermediate, keyUsage without keyCertSign): named as such by connect(), a bare wrap_socket
+    and doctor, not as another CA of the same name nor as running out of memory."""
+    anchor = pki.CA("strict root", **({"path_length": 0} if case == "pathlen" else {"key_cert_sign": False}))
+    srv = serve(anchor.intermediate("below strict root").issue())
+    message = {"pathlen": "path length exceeded at depth 2: 'CN=strict root,O=tlsguard tests' allows 0 CA "
+                          "certificate(s) below it (pathLen), the chain has 1",
+               "no_keycertsign": "certificate at depth 2 'CN=strict root,O=tlsguard tests' may not issue "
+                                 "certificates (its keyUsage lacks keyCertSign) but issued the certificate at "
+                                 "depth 1"}[case]
+    full, bare = device_all(mpy, "emit(connect(%d, cadata=%s))\nemit(wrap(%d, tlsguard.SecureContext(cadata=%s)))"
+                            % (srv.port, pyrepr(anchor.der), srv.port, pyrepr(anchor.der)))
+    assert full == ["bad_certificate", 2, message], full
+    assert bare == full + [False], bare
+    pem = tmp_path / "strict.pem"
+    pem.write_bytes(anchor.pem)
+    _same(doctor(srv.port, pem), full, "all")
+
+
 @pytest.mark.parametrize("cn", ["localhost", "other.example"])
 def test_cn_fallback_predicted_by_doctor(cn, mpy, serve, inter, root, root_pem):
     """A leaf without any SAN: with cn_fallback the device matches its CN, and `tlsguard doctor

@@ -92,9 +92,10 @@ def name_path(chain, anchors=()):
         path.append(parent)
 
 
-def issuer_fault(chain):
-    """CA flag, keyCertSign and pathLen along the presented chain."""
-    path = name_path(chain)
+def issuer_fault(chain, anchors=()):
+    """CA flag, keyCertSign and pathLen along the presented chain, up to an anchor of the name
+    its top names (mbedTLS does not link an anchor that may not issue it)."""
+    path = name_path(chain, anchors)
     for i in range(1, len(path)):
         p = path[i]
         if p.version != x509.Version.v3 and i == len(path) - 1:

@@ -138,7 +138,7 @@ def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), hos
         if c.not_valid_before_utc > now:
             return "not_yet_valid", depth, "certificate '%s' is valid from %s, device clock says %s" % (
                 chainfaults.name(c), c.not_valid_before_utc.date(), now.date())
-    fault = chainfaults.issuer_fault(chain)
+    fault = chainfaults.issuer_fault(chain, anchors)
     for a in anchors:
         fault = fault or chainfaults.signature_fault(chain, a)
     if fault:
