@@ -90,11 +90,14 @@ class TrustPolicy:
                     "it is not in the trust bundle (%d roots) nor in the %d private roots"
                     % (len(self.trust), len(self.private)))
             return diagnose(exc, hs, hs.anchors, note, floor)
-        # The chain's own signatures, checked against what was found: a bad one is named now.
-        from tlsguard import sigcheck
-        unchecked = sigcheck.first_contact(hs, found, "the trust store's anchors for it do not verify this chain")
-        if not isinstance(unchecked, str):
-            return unchecked
+        unchecked = ""
+        if hs.refetch is None:
+            # A bare wrap_socket: the chain's signatures are checked here, so that a bad one is
+            # named now, not after a retry (connect() retries at once: mbedTLS checks them then).
+            from tlsguard import sigcheck
+            unchecked = sigcheck.first_contact(hs, found, "the trust store's anchors for it do not verify this chain")
+            if not isinstance(unchecked, str):
+                return unchecked
         if len(self.pending) >= _PENDING_HOSTS:
             self.pending.pop(next(iter(self.pending)))
         self.pending[host] = found
