@@ -3,19 +3,18 @@ import hashlib
 
 from tlsguard import der, ec
 
-# Signature OID, hash name pairs (a constant tuple: no heap when frozen).
-_SIG_HASH = (
-    "1.2.840.113549.1.1.5", "sha1", "1.2.840.113549.1.1.14", "sha224", "1.2.840.113549.1.1.11", "sha256",
-    "1.2.840.113549.1.1.12", "sha384", "1.2.840.113549.1.1.13", "sha512", "1.2.840.10045.4.1", "sha1",
-    "1.2.840.10045.4.3.1", "sha224", "1.2.840.10045.4.3.2", "sha256", "1.2.840.10045.4.3.3", "sha384",
-    "1.2.840.10045.4.3.4", "sha512",
-)
-_SIG_NAMES = (
-    "1.2.840.113549.1.1.5", "sha1WithRSAEncryption", "1.2.840.113549.1.1.14", "sha224WithRSAEncryption",
-    "1.2.840.113549.1.1.11", "sha256WithRSAEncryption", "1.2.840.113549.1.1.12", "sha384WithRSAEncryption",
-    "1.2.840.113549.1.1.13", "sha512WithRSAEncryption", "1.2.840.10045.4.1", "ecdsa-with-SHA1",
-    "1.2.840.10045.4.3.1", "ecdsa-with-SHA224", "1.2.840.10045.4.3.2", "ecdsa-with-SHA256",
-    "1.2.840.10045.4.3.3", "ecdsa-with-SHA384", "1.2.840.10045.4.3.4", "ecdsa-with-SHA512",
+# Signature OID, hash, name (a constant tuple: no heap when frozen).
+_SIGS = (
+    "1.2.840.113549.1.1.5", "sha1", "sha1WithRSAEncryption",
+    "1.2.840.113549.1.1.14", "sha224", "sha224WithRSAEncryption",
+    "1.2.840.113549.1.1.11", "sha256", "sha256WithRSAEncryption",
+    "1.2.840.113549.1.1.12", "sha384", "sha384WithRSAEncryption",
+    "1.2.840.113549.1.1.13", "sha512", "sha512WithRSAEncryption",
+    "1.2.840.10045.4.1", "sha1", "ecdsa-with-SHA1",
+    "1.2.840.10045.4.3.1", "sha224", "ecdsa-with-SHA224",
+    "1.2.840.10045.4.3.2", "sha256", "ecdsa-with-SHA256",
+    "1.2.840.10045.4.3.3", "sha384", "ecdsa-with-SHA384",
+    "1.2.840.10045.4.3.4", "sha512", "ecdsa-with-SHA512",
 )
 # DigestInfo prefixes of PKCS#1 v1.5 (RFC 8017 9.2, note 1), by hash name.
 _DIGEST_INFO = (
@@ -29,10 +28,10 @@ _RSA = "1.2.840.113549.1.1.1"
 _EC = "1.2.840.10045.2.1"
 
 
-def _get(table, key):
-    for i in range(0, len(table), 2):
+def _get(table, key, stride=2, field=1):
+    for i in range(0, len(table), stride):
         if table[i] == key:
-            return table[i + 1]
+            return table[i + field]
     return None
 
 
@@ -113,12 +112,12 @@ def verify(child, spki):
     try:
         tbs, alg, sig = _signed(child)
         key_alg, param, key = _key(spki)
-        name = _get(_SIG_HASH, alg)
+        name = _get(_SIGS, alg, 3)
         if name is None:
             return alg
         h = getattr(hashlib, name, None)
         if h is None:
-            return _get(_SIG_NAMES, alg)
+            return _get(_SIGS, alg, 3, 2)
         rsa_sig = alg.startswith("1.2.840.113549.")
         if (key_alg == _RSA) != rsa_sig or key_alg not in (_RSA, _EC):
             return False  # an RSA signature cannot verify with an EC key, nor the reverse
