@@ -1,4 +1,4 @@
-"""What a refusal can say of a certificate that never reached the verify callback (mbedTLS could not parse it, or would not link it) when the chain cannot be read again: a bare wrap_socket, asyncio."""
+"""What a refusal can say of a certificate mbedTLS never showed the callback, with no second look."""
 from tlsguard.errors import TLSError
 
 _BARE = ("; a bare wrap_socket cannot read the chain again to tell: tlsguard.connect() or "
