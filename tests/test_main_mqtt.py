@@ -12,7 +12,7 @@ import pytest
 import pki
 import servers
 from conftest import LIB, MICROPYTHON, ROOT
-from mqtt_broker import firmware_env
+from mqtt_broker import MPYLIB, firmware_env
 
 ROOT_CA = pki.CA("scripted broker root")
 BROKER = ROOT_CA.issue(hosts=("localhost", "127.0.0.1"))
@@ -45,7 +45,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("name,script,cause", CASES, ids=[c[0] for c in CASES])
-def test_connection_failures_are_logged_and_retried(tmp_path, name, script, cause):
+def test_connection_failures_are_logged_and_retried(tmp_path, mpy, name, script, cause):
+    """On the PyPI build with .venv/mpylib's umqtt.simple, and on the 32-bit firmware with its
+    frozen umqtt.simple and a board-sized heap."""
     srv = ScriptedBroker(tmp_path, script)
     try:
         (tmp_path / "ca.der").write_bytes(ROOT_CA.der)
@@ -53,12 +55,13 @@ def test_connection_failures_are_logged_and_retried(tmp_path, name, script, caus
             "device_id": "sensor-1", "broker": {"host": "localhost", "port": srv.port}, "ca": "ca.der",
             "pins": {"localhost": [pki.spki_pin(BROKER.cert), BACKUP]}, "interval": 0.2, "messages": 3,
             "backoff": [0.1, 0.2], "max_failures": 2}))
-        r = subprocess.run([MICROPYTHON, "-X", "heapsize=512k", "-c", "import main; main.main()"], cwd=str(tmp_path),
-                           env=firmware_env(), capture_output=True, text=True, timeout=120)
+        r = mpy.run("import main, umqtt.simple\nprint('umqtt from', umqtt.simple.__file__)\nmain.main()", env={"MICROPYPATH": firmware_env()["MICROPYPATH"]}, timeout=120)
     finally:
         srv.close()
-    out = r.stdout + r.stderr
+    out = r.output
     assert r.returncode == 0 and "Traceback" not in out, out
+    # The real client: frozen in the firmware, else the unmodified copy in .venv/mpylib.
+    assert ("umqtt from umqtt/simple.py" if mpy.frozen else "umqtt from %s/umqtt/simple.py" % MPYLIB) in out, out
     assert out.count("main: connection lost: %s" % cause) == 2, out
     assert "main: retrying in 0.1 s" in out and "main: giving up after 2 failed connections" in out, out
     assert srv.handshakes == 2
