@@ -274,3 +274,28 @@ def test_main_renews_its_certificate(tmp_path, fleet, broker, subscriber, board_
         mqtt.close()
         refusing.close()
         issuing.close()
+
+
+def test_pages_only_board_renews_in_a_thread(tmp_path, fleet, board_folder):
+    """Without a broker main.py serves only its pages; the renewal runs in a thread of its own and
+    the page's next TLS session presents the new certificate."""
+    board, first = board_folder
+    root_pem = os.path.join(fleet.dir, "root.crt")
+    issuing = ESTServer(os.path.dirname(fleet.dir), "--allow", "{id}", "--allow", "localhost", passphrase={})
+    proc = None
+    try:
+        (board / "config.json").write_text(json.dumps({
+            "device_id": DEVICE, "store": "store", "est": {"url": issuing.url},
+            "https": {"host": "127.0.0.1", "port": 0}}))
+        proc = Board(board)
+        page = int(proc.wait_log(r"serving the status page on port (\d+)")[0].group(1))
+        m, _ = proc.wait_log(r"main: renewal: credentials version 2, certificate ([0-9a-f]+) valid until")
+        renewed = int(m.group(1), 16)
+        assert renewed != first
+        status, cert = served_cert(page, root_pem)
+        assert status == "HTTP/1.1 200 OK" and serial(cert) == renewed
+        assert "Traceback" not in "\n".join(proc.lines) and proc.proc.poll() is None
+    finally:
+        if proc is not None:
+            proc.stop()
+        issuing.close()

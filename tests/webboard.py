@@ -12,8 +12,9 @@ import threading
 import time
 
 import pki
-from conftest import LIB, MICROPYTHON, ROOT
+from conftest import MICROPYTHON, ROOT
 from fakeboard import tlsguard
+from mqtt_broker import firmware_env
 
 PW = {"TLSGUARD_CA_PASSPHRASE": "correct horse"}
 KEY = "5a" * 32
@@ -101,7 +102,7 @@ class WebBoard:
         cfg["https"].update(extra or {})
         with open(os.path.join(self.folder, "config.json"), "w") as f:
             json.dump(cfg, f)
-        run_env, env = env, dict(os.environ, MICROPYPATH=".frozen:" + LIB)
+        run_env, env = env, firmware_env()
         with open(os.path.join(self.folder, "provision.py"), "w") as f:
             f.write(PROVISION % KEY)
         r = subprocess.run([MICROPYTHON, "provision.py"], cwd=self.folder, env=env, capture_output=True,
