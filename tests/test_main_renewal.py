@@ -22,6 +22,7 @@ import servers
 from conftest import MICROPYTHON, ROOT
 from mqtt_broker import broker, broker_pki, firmware_env, fleet, subscriber  # noqa: F401 (fixtures)
 from test_est import ESTServer
+from webboard import MainPy, https
 
 DEVICE = "sensor-9"
 
@@ -124,52 +125,10 @@ def serial(der):
 
 
 def served_cert(port, root_pem):
-    """GET / from the device's page: (status line, the certificate it presented as DER)."""
-    ctx = ssl.create_default_context(cafile=root_pem)
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as tcp:
-        with ctx.wrap_socket(tcp, server_hostname="localhost") as s:
-            cert = s.getpeercert(binary_form=True)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            return data.split(b"\r\n", 1)[0].decode(), cert
-
-
-class Board:
-    """main.py running from `folder`; .lines its output, wait_log(pattern)."""
-
-    def __init__(self, folder):
-        self.lines = []
-        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=str(folder),
-                                     env=firmware_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_log(self, pattern, timeout=120, after=0):
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, line in enumerate(self.lines[after:]):
-                m = re.search(pattern, line)
-                if m:
-                    return m, after + i
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                time.sleep(0.2)
-                raise AssertionError("no %r in main.py's output:\n%s" % (pattern, "\n".join(self.lines)))
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.proc.stdout.close()
+    """GET / from the device's page: (status code, the certificate it presented as DER)."""
+    status, _, _, peer = https(port, b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                               ssl.create_default_context(cafile=root_pem))
+    return status, peer
 
 
 def due_certificate(fleet, monkeypatch):
@@ -221,18 +180,19 @@ def test_main_renews_its_certificate(tmp_path, fleet, broker, subscriber, board_
             "est": {"url": "https://localhost:%d" % est.port, "percent": 33, "jitter": 10, "backoff": [1, 2]},
             "https": {"host": "127.0.0.1", "port": 0}}))
         telemetry = subscriber("devices/%s/telemetry" % DEVICE)
-        proc = Board(board)
-        page = int(proc.wait_log(r"serving the status page on port (\d+)")[0].group(1))
-        proc.wait_log(r"main: renewal: due from ")
+        proc = MainPy(board)
+        page = int(proc.wait_log(r"serving the status page on port (\d+)", 120).group(1))
+        proc.wait_log(r"main: renewal: due from ", 120)
 
         # Refused: logged with the CA's reason, retried after 1 s then 2 s; the old certificate works on.
-        m, i = proc.wait_log(r"renewal failed \((.*)\): keeping credentials version 1; next try in 1 s")
+        m = proc.wait_log(r"renewal failed \((.*)\): keeping credentials version 1; next try in 1 s", 120)
+        i = [n for n, line in enumerate(proc.lines) if m.group(0) in line][0]
         assert m.group(1).startswith("refused: ") and "'localhost' is not allowed" in m.group(1), m.group(1)
-        proc.wait_log(r"renewal failed \(refused: .*\): keeping credentials version 1; next try in 2 s", after=i + 1)
+        proc.wait_log(r"renewal failed \(refused: .*\): keeping credentials version 1; next try in 2 s", 120, i + 1)
         assert telemetry.wait_for(1, 60), "\n".join(proc.lines)
         assert mqtt.client_certs and {serial(c) for c in mqtt.client_certs} == {first}
         status, cert = served_cert(page, root_pem)
-        assert status == "HTTP/1.1 200 OK" and serial(cert) == first
+        assert status == 200 and serial(cert) == first
 
         # The CA now issues; the renewal's request is held on the way there: the pages still answer.
         est.hold()
@@ -242,12 +202,12 @@ def test_main_renews_its_certificate(tmp_path, fleet, broker, subscriber, board_
             assert time.monotonic() < deadline and proc.proc.poll() is None, "\n".join(proc.lines)
             time.sleep(0.05)
         status, cert = served_cert(page, root_pem)
-        assert status == "HTTP/1.1 200 OK" and serial(cert) == first
+        assert status == 200 and serial(cert) == first
         assert not [line for line in proc.lines if "renewal: credentials version" in line]
         seen = len(mqtt.client_certs)
         est.release()
 
-        m, _ = proc.wait_log(r"main: renewal: credentials version 2, certificate ([0-9a-f]+) valid until")
+        m = proc.wait_log(r"main: renewal: credentials version 2, certificate ([0-9a-f]+) valid until", 120)
         renewed = int(m.group(1), 16)
         assert renewed != first
         deadline = time.monotonic() + 120
@@ -255,7 +215,7 @@ def test_main_renews_its_certificate(tmp_path, fleet, broker, subscriber, board_
             assert time.monotonic() < deadline and proc.proc.poll() is None, "\n".join(proc.lines)
             time.sleep(0.05)
         status, cert = served_cert(page, root_pem)
-        assert status == "HTTP/1.1 200 OK" and serial(cert) == renewed
+        assert status == 200 and serial(cert) == renewed
         new = x509.load_der_x509_certificate(cert)
         assert new.subject.rfc4514_string() == "CN=%s,O=tlsguard fleet" % DEVICE
         assert new.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
@@ -287,13 +247,13 @@ def test_pages_only_board_renews_in_a_thread(tmp_path, fleet, board_folder):
         (board / "config.json").write_text(json.dumps({
             "device_id": DEVICE, "store": "store", "est": {"url": issuing.url},
             "https": {"host": "127.0.0.1", "port": 0}}))
-        proc = Board(board)
-        page = int(proc.wait_log(r"serving the status page on port (\d+)")[0].group(1))
-        m, _ = proc.wait_log(r"main: renewal: credentials version 2, certificate ([0-9a-f]+) valid until")
+        proc = MainPy(board)
+        page = int(proc.wait_log(r"serving the status page on port (\d+)", 120).group(1))
+        m = proc.wait_log(r"main: renewal: credentials version 2, certificate ([0-9a-f]+) valid until", 120)
         renewed = int(m.group(1), 16)
         assert renewed != first
         status, cert = served_cert(page, root_pem)
-        assert status == "HTTP/1.1 200 OK" and serial(cert) == renewed
+        assert status == 200 and serial(cert) == renewed
         assert "Traceback" not in "\n".join(proc.lines) and proc.proc.poll() is None
     finally:
         if proc is not None:
