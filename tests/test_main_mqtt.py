@@ -55,7 +55,8 @@ def test_connection_failures_are_logged_and_retried(tmp_path, mpy, name, script,
             "device_id": "sensor-1", "broker": {"host": "localhost", "port": srv.port}, "ca": "ca.der",
             "pins": {"localhost": [pki.spki_pin(BROKER.cert), BACKUP]}, "interval": 0.2, "messages": 3,
             "backoff": [0.1, 0.2], "max_failures": 2}))
-        r = mpy.run("import main, umqtt.simple\nprint('umqtt from', umqtt.simple.__file__)\nmain.main()", env={"MICROPYPATH": firmware_env()["MICROPYPATH"]}, timeout=120)
+        r = mpy.run("import main, umqtt.simple\nprint('umqtt from', umqtt.simple.__file__)\nmain.main()",
+                    env={"MICROPYPATH": firmware_env()["MICROPYPATH"]}, timeout=120)
     finally:
         srv.close()
     out = r.output

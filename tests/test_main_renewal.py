@@ -259,3 +259,22 @@ def test_pages_only_board_renews_in_a_thread(tmp_path, fleet, board_folder):
         if proc is not None:
             proc.stop()
         issuing.close()
+
+
+def test_renewal_config_errors(mpy):
+    """"est" without a credential store is switched off with a reason; a nonsense policy stops
+    main.py at start with the policy's own message."""
+    r = mpy.run("""
+import sys
+sys.path.append(%r)
+import main
+d = main.Device({"device_id": "sensor-1", "est": {"url": "https://localhost:8443"}})
+print("renewal", d.renewal)
+try:
+    main.Device({"device_id": "sensor-1", "store": "store", "est": {"url": "https://localhost:8443", "percent": 0}})
+except ValueError as e:
+    print("refused:", e)
+""" % ROOT)
+    assert r.returncode == 0, r.output
+    assert "main: renewal disabled: \"est\" needs a credential store (config.json \"store\")\nrenewal None" in r.stdout
+    assert "refused: percent must be in (0, 100) and jitter in [0, percent)" in r.stdout
