@@ -7,7 +7,8 @@ update packages that arrive on devices/<id>/credentials, signed with the device'
 bound to its id (the next connection uses them; without a package_key no update is accepted), and
 renews its certificate over EST when due. Reads config.json:
 {"device_id": "sensor-1", "broker": {"host": "mqtt.example.com", "port": 8883},
- "ca": "certs/ca.der" and/or "bundle": "certs/roots.bin", "pins": {"host": ["sha256/..."]},
+ "ca": "certs/ca.der" and/or "bundle": "certs/roots.bin" (or "frozen": the bundle frozen into the
+ firmware), "pins": {"host": ["sha256/..."]},
  "identity": ["certs/device.crt", "certs/device.key"], "store": "store",
  "package_key": "<hex, 16+ bytes>",
  "time_servers": ["0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org"],
@@ -45,7 +46,12 @@ def make_context(cfg, store):
     identity = None
     if cfg.get("identity"):
         identity = (read(cfg["identity"][0]), read(cfg["identity"][1]))
-    trust = tlsguard.TrustStore(cfg["bundle"]) if cfg.get("bundle") else None
+    bundle = cfg.get("bundle")
+    trust = None
+    if bundle == "frozen":
+        trust = tlsguard.frozen_roots()
+    elif bundle:
+        trust = tlsguard.TrustStore(bundle)
     return tlsguard.SecureContext(cadata=read(cfg["ca"]) if cfg.get("ca") else None, trust=trust,
                                   pins=cfg.get("pins"), identity=identity, store=store,
                                   time_servers=time_servers(cfg))
