@@ -106,19 +106,21 @@ class Device:
         self.ctx = make_context(cfg, self.store)
         self.sent = 0
         self.rotated = False
+        self.lock = store_lock()
         self.renewal = None
         if cfg.get("est"):
             if self.store is None:
                 log("renewal disabled: \"est\" needs a credential store (config.json \"store\")")
             else:
-                self.renewal = Renewal(cfg, self.store)
+                self.renewal = Renewal(cfg, self.store, self.lock)
 
     def on_message(self, topic, msg):
         if not topic.endswith(b"/credentials") or self.store is None or self.key is None:
             return
         try:
-            version = self.store.apply(msg, key=self.key, device=self.id)
-            self.store.activate()
+            with self.lock:
+                version = self.store.apply(msg, key=self.key, device=self.id)
+                self.store.activate()
         except ValueError as e:  # StoreError: refused package, store unchanged
             log("credential package refused: %s" % e)
             return
@@ -133,7 +135,8 @@ class Device:
         c.set_callback(self.on_message)
         connected = False
         try:
-            c.connect(timeout=self.cfg.get("timeout", 10))
+            with self.lock:  # a handshake confirms or rolls back a set on trial
+                c.connect(timeout=self.cfg.get("timeout", 10))
             connected = True
             show_peer(c.sock, host, port)
             if self.store is not None and self.key is not None:
@@ -236,6 +239,33 @@ def lost(e):
     return "%s %s" % (type(e).__name__, e)
 
 
+class _Alone:
+    """The store lock of a port without threads: nothing runs beside the caller."""
+
+    def acquire(self, wait=1):
+        return True
+
+    def release(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def store_lock():
+    """One lock for everything that writes the credential store: CredentialStore is not
+    thread-safe (one staged set, one manifest.new), and the pages and the MQTT loop (or the
+    renewal thread) both write it."""
+    try:
+        import _thread
+    except ImportError:
+        return _Alone()
+    return _thread.allocate_lock()
+
+
 def close(c, connected):
     """End a session. DISCONNECT only on a working connection (never in clear to a server whose
     TLS handshake failed); a dead socket's error must not hide the one that ended the session."""
@@ -259,11 +289,12 @@ class Renewal:
     failed renewal keeps the working credentials (identity.renew stages, trials, rolls back) and
     is tried again after a doubling delay."""
 
-    def __init__(self, cfg, store):
+    def __init__(self, cfg, store, lock):
         from tlsguard.est import EST
         from tlsguard.renew import RenewalPolicy
         est = cfg["est"]
         self.store = store
+        self.lock = lock  # main.store_lock(): held while renewing
         self.policy = RenewalPolicy(est.get("percent", 33), est.get("jitter", 10))
         ctx = tlsguard.SecureContext(cadata=read(est["ca"]) if est.get("ca") else None, store=store,
                                      time_servers=time_servers(cfg))
@@ -298,7 +329,8 @@ class Renewal:
         from tlsguard.est import ESTError
         log("renewal: certificate due, asking %s" % self.est.url)
         try:
-            version = identity.renew(self.est, self.store)
+            with self.lock:
+                version = identity.renew(self.est, self.store)
         except (ESTError, OSError, ValueError, MemoryError) as e:
             self.failures += 1
             base, cap = self.backoff
@@ -379,8 +411,13 @@ class WebUI:
         if self.operators and tlsguard.spki_pin(req.client.der) not in self.operators:
             raise HTTPError(403, "certificate '%s' is not one of this device's operators" % req.client.subject)
         store = self.device.store
-        if store is not None and store.trial and req.generation == store.generation:
-            store.confirm()
+        # Never wait for the lock here: the pages would stall behind a renewal (confirmed on a
+        # later request instead).
+        if store is not None and store.trial and req.generation == store.generation and self.device.lock.acquire(0):
+            try:
+                store.confirm()
+            finally:
+                self.device.lock.release()
             log("https: credentials version %d confirmed by operator '%s'" % (store.version, req.client.subject))
 
     def credentials(self, req):
@@ -390,11 +427,16 @@ class WebUI:
         self._operator(req)
         if self.device.store is None:
             raise HTTPError(404, "this device has no credential store")
+        if not self.device.lock.acquire(0):
+            raise HTTPError(503, "the credential store is busy (a renewal or an update is being applied): "
+                                 "try again shortly")
         try:
             version = self.device.store.apply(req.body, key=self.device.key, device=self.device.id)
             self.device.store.activate()
         except ValueError as e:  # StoreError: the store is unchanged
             raise HTTPError(400, "package refused: %s" % e)
+        finally:
+            self.device.lock.release()
         log("https: credentials version %d activated by '%s'" % (version, req.client.subject))
         self.device.rotated = True
         return 200, "application/json", json.dumps({"version": version, "trial": self.device.store.trial})

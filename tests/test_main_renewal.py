@@ -18,6 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+import pki
 import servers
 from conftest import MICROPYTHON, ROOT
 from mqtt_broker import broker, broker_pki, firmware_env, fleet, subscriber  # noqa: F401 (fixtures)
@@ -178,10 +179,17 @@ def test_main_renews_its_certificate(tmp_path, fleet, broker, subscriber, board_
             "device_id": DEVICE, "broker": {"host": "localhost", "port": mqtt.port}, "ca": "broker-ca.der",
             "store": "store", "interval": 0.3, "backoff": [0.5, 2],
             "est": {"url": "https://localhost:%d" % est.port, "percent": 33, "jitter": 10, "backoff": [1, 2]},
-            "https": {"host": "127.0.0.1", "port": 0}}))
+            "https": {"host": "127.0.0.1", "port": 0, "operator_port": 0, "operator_ca": "operator-ca.der"}}))
+        operators = pki.CA("fleet operators")
+        (board / "operator-ca.der").write_bytes(operators.der)
+        op_crt, op_key = operators.issue(("operator-1",), cn="operator-1", client=True, server=False).write(
+            tmp_path, "operator")
+        operator = ssl.create_default_context(cafile=root_pem)
+        operator.load_cert_chain(op_crt, op_key)
         telemetry = subscriber("devices/%s/telemetry" % DEVICE)
         proc = MainPy(board)
         page = int(proc.wait_log(r"serving the status page on port (\d+)", 120).group(1))
+        config = int(proc.wait_log(r"serving config to operators on port (\d+)", 120).group(1))
         proc.wait_log(r"main: renewal: due from ", 120)
 
         # Refused: logged with the CA's reason, retried after 1 s then 2 s; the old certificate works on.
@@ -203,6 +211,11 @@ def test_main_renews_its_certificate(tmp_path, fleet, broker, subscriber, board_
             time.sleep(0.05)
         status, cert = served_cert(page, root_pem)
         assert status == 200 and serial(cert) == first
+        # An operator's update meanwhile is turned away, not interleaved with the renewal's
+        # writes to the store (nor left waiting with the pages behind it).
+        status, _, body, _ = https(config, b"POST /credentials HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n"
+                                           b"Connection: close\r\n\r\nTGPK", operator)
+        assert status == 503 and b"the credential store is busy" in body, body
         assert not [line for line in proc.lines if "renewal: credentials version" in line]
         seen = len(mqtt.client_certs)
         est.release()
