@@ -193,8 +193,9 @@ def bad_signature(facts, anchors, host):
         return None
     from tlsguard import sigcheck
     if n == 3:  # the leaf's link is the only one left
-        return (sigcheck.refused_but_verifies(0, facts[0].der, [facts[1].der], host) or
-                sigcheck.bad_signature(0, facts[0].der, facts[1].der, host))
+        if sigcheck.signer(facts[0].der, [facts[1].der]) is not None:
+            return sigcheck.out_of_memory(0, facts[0].der, facts[1].der, host)
+        return sigcheck.bad_signature(0, facts[0].der, facts[1].der, host)
     err, unchecked = sigcheck.bad_link([(i, f.der) for i, f in enumerate(facts[:-1])], host)
     if err is None and not unchecked:
         # Every link below the anchor verifies here: mbedTLS could not check one.

@@ -118,14 +118,14 @@ def _untrusted(hs, host, certs, anchors, note=None):
     detail = "no trusted root for issuer '%s'" % printable(top.issuer)
     named = [der for der in anchors if Certificate(der).subject_der == top.issuer_der]
     if named:
-        # mbedTLS does not link an anchor that may not issue this chain (CA flag, keyCertSign,
-        # pathLen); else its key did not verify the top (another CA of that name), or verifying
-        # it ran out of memory.
-        from tlsguard import chaincheck, sigcheck
-        err = chaincheck.chain_fault(chaincheck.recorded(hs) + [chaincheck.Facts(named[0])], host, False)
-        err = err or sigcheck.refused_but_verifies(depth, top.der, named, host)
-        if err is not None:
-            return err
+        from tlsguard import sigcheck
+        signer = sigcheck.signer(top.der, named)
+        if signer is not None:
+            # Its key signed the top, yet mbedTLS did not link it: an anchor that may not issue
+            # this chain (CA flag, keyCertSign, pathLen), or verifying it ran out of memory.
+            from tlsguard import chaincheck
+            return (chaincheck.chain_fault(chaincheck.recorded(hs) + [chaincheck.Facts(signer)], host, False) or
+                    sigcheck.out_of_memory(depth, top.der, signer, host))
         detail += (" (a trusted root of that name is loaded but its key does not verify the signature: "
                    "another CA with the same name, or a corrupted signature)")
     elif hs.refetch is None and host is not None:  # a bare wrap_socket: no second look

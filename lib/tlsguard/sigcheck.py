@@ -164,18 +164,22 @@ def bad_signature(depth, child, parent, host):
                     "with the key of its issuer '%s'" % (depth, _name(child), _name(parent)), host, depth)
 
 
-def refused_but_verifies(depth, child, parents, host):
-    """mbedTLS refused the signature of `child` (DER, at `depth`): a "memory" TLSError when the key
-    of one of `parents` (DER) verifies it here after all, i.e. mbedTLS could not check it (where
-    it allocates on the GC heap, an allocation that fails while it verifies reads as a bad
-    signature); else None."""
+def signer(child, parents):
+    """The one of `parents` (DER) whose key verifies `child` (DER) here, or None."""
     for parent in parents:
         if verify(child, _spki(parent)) is True:
-            from tlsguard.errors import TLSError
-            return TLSError("memory", "out of memory: mbedTLS refused the signature of the certificate at depth %d "
-                            "'%s', but it verifies on this device with the key of '%s': mbedTLS most likely ran "
-                            "out of memory checking it" % (depth, _name(child), _name(parent)), host, depth)
+            return parent
     return None
+
+
+def out_of_memory(depth, child, parent, host):
+    """mbedTLS refused the signature of `child` (DER, at `depth`) that `parent`'s key verifies
+    here: it could not check it (where it allocates on the GC heap, an allocation that fails
+    while it verifies reads as a bad signature)."""
+    from tlsguard.errors import TLSError
+    return TLSError("memory", "out of memory: mbedTLS refused the signature of the certificate at depth %d '%s', "
+                    "but it verifies on this device with the key of '%s': mbedTLS most likely ran out of memory "
+                    "checking it" % (depth, _name(child), _name(parent)), host, depth)
 
 
 def bad_link(certs, host):
