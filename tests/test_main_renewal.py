@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 import pki
 import servers
 from conftest import MICROPYTHON, ROOT
-from mqtt_broker import broker, broker_pki, firmware_env, fleet, subscriber  # noqa: F401 (fixtures)
+from mqtt_broker import broker, broker_pki, firmware_env, fleet, subscriber, threaded_main  # noqa: F401 (fixtures)
 from test_est import ESTServer
 from webboard import MainPy, https
 
@@ -187,7 +187,7 @@ def test_main_renews_its_certificate(tmp_path, fleet, broker, subscriber, board_
         operator = ssl.create_default_context(cafile=root_pem)
         operator.load_cert_chain(op_crt, op_key)
         telemetry = subscriber("devices/%s/telemetry" % DEVICE)
-        proc = MainPy(board)
+        proc = MainPy(board, argv=threaded_main())
         page = int(proc.wait_log(r"serving the status page on port (\d+)", 120).group(1))
         config = int(proc.wait_log(r"serving config to operators on port (\d+)", 120).group(1))
         proc.wait_log(r"main: renewal: due from ", 120)
@@ -260,7 +260,7 @@ def test_pages_only_board_renews_in_a_thread(tmp_path, fleet, board_folder):
         (board / "config.json").write_text(json.dumps({
             "device_id": DEVICE, "store": "store", "est": {"url": issuing.url},
             "https": {"host": "127.0.0.1", "port": 0}}))
-        proc = MainPy(board)
+        proc = MainPy(board, argv=threaded_main())
         page = int(proc.wait_log(r"serving the status page on port (\d+)", 120).group(1))
         m = proc.wait_log(r"main: renewal: credentials version 2, certificate ([0-9a-f]+) valid until", 120)
         renewed = int(m.group(1), 16)

@@ -7,8 +7,7 @@ import socket
 import ssl
 import subprocess
 
-from conftest import MICROPYTHON, ROOT
-from mqtt_broker import board_certs, broker, broker_pki, firmware_env, fleet, subscriber  # noqa: F401 (fixtures)
+from mqtt_broker import board_certs, broker, broker_pki, firmware_env, fleet, subscriber, threaded_main  # noqa: F401 (fixtures)
 
 
 def test_mqtt_and_https_together(tmp_path, broker, broker_pki, fleet, subscriber):
@@ -20,14 +19,14 @@ def test_mqtt_and_https_together(tmp_path, broker, broker_pki, fleet, subscriber
         "https": {"host": "127.0.0.1", "port": 0}}))
     sub = subscriber("devices/sensor-1/telemetry")
     env = firmware_env()
-    proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=str(board), env=env,
+    proc = subprocess.Popen(threaded_main(), cwd=str(board), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         port = None
         lines = []
         while port is None:
             line = proc.stdout.readline()
-            assert line, "".join(lines)
+            assert line, "main.py ended (exit %s): %s" % (proc.wait(), "".join(lines))
             lines.append(line)
             m = re.search(r"serving the status page on port (\d+)", line)
             port = m and int(m.group(1))

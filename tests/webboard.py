@@ -87,11 +87,12 @@ class Fleet:
 
 class MainPy:
     """main.py (the example firmware) running from `folder`, the board's flash, with `env` added to
-    its environment: .lines (its output), wait_log(pattern), stop()."""
+    its environment (`argv`: another command, e.g. mqtt_broker.threaded_main()): .lines (its
+    output), wait_log(pattern), stop()."""
 
-    def __init__(self, folder, env=None):
+    def __init__(self, folder, env=None, argv=None):
         self.lines = []
-        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=str(folder),
+        self.proc = subprocess.Popen(argv or [MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=str(folder),
                                      env=firmware_env(**(env or {})),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
