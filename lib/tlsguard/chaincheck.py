@@ -3,7 +3,7 @@
 algorithm is skipped): issuer rules, path length, extended key usage, algorithms and critical
 extensions this build lacks, malformed entries. Loaded only after a failed handshake."""
 from tlsguard import der
-from tlsguard.diagnose import printable
+from tlsguard.safetext import printable
 from tlsguard.errors import TLSError
 from tlsguard.x509 import Certificate
 

@@ -2,6 +2,7 @@
 the certificate depth at fault and a hint."""
 from tlsguard import platform
 from tlsguard.errors import TLSError
+from tlsguard.safetext import printable
 from tlsguard.x509 import Certificate
 
 # mbedTLS error codes (negative) that have a kind of their own.
@@ -59,14 +60,6 @@ def memory(exc, host=None, when="during the handshake"):
     return None
 
 
-def printable(text):
-    """Certificate text made safe for a log line: control characters (C0, DEL, C1) as \\xNN."""
-    out = ""
-    for ch in text:
-        out += "\\x%02x" % ord(ch) if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 else ch
-    return out
-
-
 def _certs(hs):
     """(depth, Certificate) of the chain the callback saw, top first; unreadable ones skipped."""
     out = []
@@ -101,6 +94,11 @@ def _future(hs, host, certs, now):
                             % (printable(c.subject), platform.date(c.not_valid_before), platform.date(now)),
                             host, depth)
     return TLSError("not_yet_valid", "a certificate in the chain is not valid yet", host)
+
+
+def untrusted(hs, anchors, note=None):
+    """The untrusted_root TLSError for the chain of `hs` checked against `anchors`."""
+    return _untrusted(hs, hs.host, _certs(hs), anchors, note)
 
 
 def _untrusted(hs, host, certs, anchors, note=None):

@@ -112,5 +112,5 @@ def check(key_der, cert):
         ok = (cn == n_ and ce == e_ and p * q == n_ and (e_ * d - 1) % (p - 1) == 0
               and (e_ * d - 1) % (q - 1) == 0)
     if not ok:
-        from tlsguard.diagnose import printable
+        from tlsguard.safetext import printable
         raise ValueError("the private key does not belong to certificate '%s'" % printable(cert.subject))

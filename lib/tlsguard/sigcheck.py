@@ -135,7 +135,7 @@ def verify(child, spki):
 
 def _name(cert):
     """The subject of certificate DER for a message ('?' if our stricter parser refuses it)."""
-    from tlsguard.diagnose import printable
+    from tlsguard.safetext import printable
     from tlsguard.x509 import Certificate
     try:
         return printable(Certificate(cert).subject)
@@ -202,12 +202,12 @@ def unchecked_note(unchecked):
                    "connection will tell whether it verifies" % u for u in unchecked)
 
 
-def first_contact(hs, found, note):
+def first_contact(hs, found):
     """On first contact no anchor was loaded, so mbedTLS linked the presented chain by name and
     said only "not trusted". Check its signatures up to the anchors the trust store `found` for
     it: a TLSError when a link does not verify (a retry cannot help: a forged or broken chain),
-    else the note for the retry error ("" when every link verified). `note`: what the untrusted
-    error says of the trust store's anchors."""
+    False when none of those anchors signed the top of the chain, else the note for the retry
+    error ("" when every link verified)."""
     from tlsguard.x509 import Certificate
     certs = sorted(hs.chain, key=lambda c: c[0])
     if not certs:
@@ -222,14 +222,12 @@ def first_contact(hs, found, note):
         return unchecked_note(unchecked)
     if not top.self_issued:
         results = []
-        for der in found:
-            subject, spki = _subject_spki(der)
+        for anchor in found:
+            subject, spki = _subject_spki(anchor)
             if subject == top.issuer_der:
                 results.append(verify(top.der, spki))
         if results and all(r is False for r in results):
-            # A root of that name is in the store but its key did not sign this chain.
-            from tlsguard.diagnose import _certs, _untrusted
-            return _untrusted(hs, hs.host, _certs(hs), found, note)
+            return False  # a root of that name is in the store, but its key did not sign this chain
         if True not in results:
             unchecked += [(depth, r) for r in results if r is not False][:1]
     return unchecked_note(unchecked)

@@ -19,7 +19,7 @@ def _check_dates(cert, what, now):
         raise StoreError("clock_unset", "cannot check %s's validity: the device clock (%s) is not set"
                          % (what, platform.date(now)))
     if cert.not_valid_after <= now or cert.not_valid_before > now:
-        from tlsguard.diagnose import printable  # certificate text is escaped in every message
+        from tlsguard.safetext import printable  # certificate text is escaped in every message
         if cert.not_valid_after <= now:
             raise StoreError("expired", "%s '%s' expired on %s"
                              % (what, printable(cert.subject), platform.date(cert.not_valid_after)))
