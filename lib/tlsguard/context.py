@@ -2,6 +2,7 @@
 callback records the chain and enforces SPKI pins; every failure becomes a TLSError. With a trust
 store, it chooses the few anchors each host needs (remembered per host, or discovered from the
 chain a first handshake presents) and loads only those into mbedTLS."""
+import gc
 import socket
 
 from tlsguard import platform
@@ -186,9 +187,7 @@ class SecureContext:
                     _reopen=None):
         """_reopen (connect() gives it): opens a new TCP connection to the same server, so that a
         failure can be diagnosed from the chain the server presents."""
-        # Connection code loads with the first connection: a context made at boot holds less heap.
-        from tlsguard.handshake import Handshake
-        from tlsguard.tlssocket import TLSSocket, _close
+        from tlsguard.tlssocket import _close
         if server_side:
             raise ValueError("SecureContext is client-side only: serve with tlsguard.ServerContext(store=...)")
         try:
@@ -207,6 +206,15 @@ class SecureContext:
         if self.mode == "insecure":
             print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % host)
         anchors, learned = self._anchors_for(host, pinset)
+        # Where mbedTLS allocates on the GC heap (rp2, stm32), its 16 KB input buffer needs a free
+        # run that no live object splits. Collecting the garbage left so far (a clock sync, trust
+        # store lookups, the last connection) before making what outlives this handshake, and
+        # before loading the connection code (with the first connection: a context made at boot
+        # holds less heap), puts all of it in the lowest free blocks, not among mbedTLS's buffers.
+        gc.collect()
+        from tlsguard import floor  # noqa: F401 - for _verified, after the handshake
+        from tlsguard.handshake import Handshake
+        from tlsguard.tlssocket import TLSSocket
         hs = Handshake(host, ip, pinset, self.identity is not None, anchors, learned, self.mode,
                        self.cn_fallback)
         hs.generation = self._store_gen  # the credential set this handshake presents
