@@ -8,7 +8,6 @@ import socket
 from tlsguard import platform
 from tlsguard.errors import TLSError
 from tlsguard.pins import Pins
-from tlsguard.x509 import Certificate
 
 tls = platform.tls
 MODES = ("verify", "pin_only", "insecure")
@@ -29,17 +28,28 @@ def pem_blocks(data):
     return out
 
 
-def ca_certs(cadata, what):
-    """DER of every certificate in `cadata` (DER or PEM, or a list of them); TLSError if one
-    does not parse."""
+def der_certs(cadata):
+    """DER of every certificate in `cadata` (DER or PEM, or a list of them), not parsed."""
     out = []
     for item in cadata if isinstance(cadata, (list, tuple)) else [cadata]:
-        for der in pem_blocks(item):
-            try:
-                Certificate(der)
-            except ValueError as e:
-                raise TLSError("bad_certificate", "%s: %s" % (what, e))
-            out.append(der)
+        out.extend(pem_blocks(item))
+    return out
+
+
+def check_certs(ders, what):
+    """TLSError naming `what` if one of the certificates `ders` does not parse."""
+    from tlsguard.x509 import Certificate
+    for der in ders:
+        try:
+            Certificate(der)
+        except ValueError as e:
+            raise TLSError("bad_certificate", "%s: %s" % (what, e))
+
+
+def ca_certs(cadata, what):
+    """DER of every certificate in `cadata`; TLSError if one does not parse."""
+    out = der_certs(cadata)
+    check_certs(out, what)
     return out
 
 
@@ -90,9 +100,11 @@ class SecureContext:
             from tlsguard.timesync import ClockPolicy
             self.clock = ClockPolicy(time_servers, trust, resync, floor_fallback, **(time_options or {}))
         self.pins = pins if isinstance(pins, Pins) else Pins(pins)
-        self.anchors = []
-        if cadata:
-            self.anchors = ca_certs(cadata, "cadata")
+        # cadata is parsed (a malformed certificate refused) when a trust store or the first
+        # connection needs it, before anything is sent: a context made at boot does not hold the
+        # certificate parser (9 KB of heap from .mpy).
+        self.anchors = der_certs(cadata) if cadata else []
+        self._unchecked = bool(self.anchors)
         self.identity = None
         if identity:
             # This mbedTLS build parses DER only, one certificate per call: the leaf is what the
@@ -106,10 +118,16 @@ class SecureContext:
         self._store_gen = None
         self._given = (self.anchors, self.identity, self.pins, trust, anchor_cache)
 
+    def _check_cadata(self):
+        if self._unchecked:
+            check_certs(self.anchors, "cadata")
+            self._unchecked = False
+
     def _use_trust(self, trust, anchor_cache):
         self.trust = trust
         self._policy = None
         if trust is not None:
+            self._check_cadata()
             from tlsguard.trustpolicy import TrustPolicy
             self._policy = TrustPolicy(trust, self.anchors, anchor_cache or trust.path + ".hosts")
 
@@ -191,6 +209,7 @@ class SecureContext:
         if server_side:
             raise ValueError("SecureContext is client-side only: serve with tlsguard.ServerContext(store=...)")
         try:
+            self._check_cadata()
             host, ip = _host(server_hostname, self.mode)
             self._sync_store()
             if self.clock:
@@ -304,6 +323,7 @@ def connect(host, port, context=None, timeout=10):
         raise ValueError("connect() needs a context (tlsguard.SecureContext)")
     from tlsguard import hostname
     host = hostname.normalize(host)
+    context._check_cadata()  # before the TCP connection
     try:
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     except OSError as e:
