@@ -227,10 +227,16 @@ class SecureContext:
         anchors, learned = self._anchors_for(host, pinset)
         # Where mbedTLS allocates on the GC heap (rp2, stm32), its 16 KB input buffer needs a free
         # run that no live object splits. Collecting the garbage left so far (a clock sync, trust
-        # store lookups, the last connection) before making what outlives this handshake, and
-        # before loading the connection code (with the first connection: a context made at boot
-        # holds less heap), puts all of it in the lowest free blocks, not among mbedTLS's buffers.
+        # store lookups, the last connection) before making what outlives this handshake (the
+        # mbedTLS context first, the largest), and before loading the connection code (with the
+        # first connection: a context made at boot holds less heap), puts all of it in the
+        # lowest free blocks, not among mbedTLS's buffers.
         gc.collect()
+        try:
+            ctx = self._take_tls(anchors)
+        except TLSError:
+            _close(sock)
+            raise
         from tlsguard import floor  # noqa: F401 - for _verified, after the handshake
         from tlsguard.handshake import Handshake
         from tlsguard.tlssocket import TLSSocket
@@ -239,7 +245,6 @@ class SecureContext:
         hs.generation = self._store_gen  # the credential set this handshake presents
         if _reopen is not None:
             hs.refetch = (_reopen, self.ciphers)
-        ctx = self._take_tls(anchors)
         ctx.verify_callback = hs.callback if self.mode != "insecure" else None
         self.handshakes += 1
         # Made before mbedTLS allocates its buffers: where those are on the GC heap (rp2, stm32),
