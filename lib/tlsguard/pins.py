@@ -41,7 +41,7 @@ class PinSet:
             raise ValueError("a pin set needs at least one pin")
         self.digests = [_decode(p) for p in self.pins]
         if isinstance(expires, tuple):
-            from tlsguard.x509 import days_from_civil
+            from tlsguard.certfields import days_from_civil
             expires = days_from_civil(*expires) * 86400
         self.expires = expires
         self.warning = None

@@ -2,6 +2,7 @@
 subject, issuer, serial, not_valid_before/after (seconds since 1970), spki, dns_names,
 ip_addresses, is_ca. Raw DER of names and key is kept for matching and pinning."""
 from tlsguard import der
+from tlsguard.certfields import read_time, subject_spki  # noqa: F401 - subject_spki: for importers of x509
 
 # OID, name pairs: a constant tuple takes no heap when frozen (a dict would be built at import).
 _NAMES = (
@@ -20,52 +21,6 @@ def _attr_name(oid):
 
 _SAN = b"\x55\x1d\x11"
 _BASIC = b"\x55\x1d\x13"
-
-
-def days_from_civil(y, m, d):
-    """Days since 1970-01-01 of a proleptic Gregorian date (valid far past 2038 and 2106)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-_MONTH_DAYS = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"
-
-
-def _digits(buf, start, n):
-    v = 0
-    for i in range(start, start + n):
-        c = buf[i] - 48
-        if not 0 <= c <= 9:
-            raise ValueError("X.509: bad digit in time at offset %d" % i)
-        v = v * 10 + c
-    return v
-
-
-def _time(buf, pos, end):
-    """UTCTime or GeneralizedTime (DER forms, 'Z' only) as seconds since 1970; returns (secs, next)."""
-    tag, s, e = der.item(buf, pos, end)
-    if tag == 0x17 and e - s == 13:
-        y = _digits(buf, s, 2)
-        y += 1900 if y >= 50 else 2000
-        s += 2
-    elif tag == 0x18 and e - s == 15:
-        y = _digits(buf, s, 4)
-        s += 4
-    else:
-        raise ValueError("X.509: bad validity time at offset %d" % pos)
-    if buf[e - 1] != 0x5A:
-        raise ValueError("X.509: validity time not in UTC at offset %d" % pos)
-    mo, d, h, mi, sec = (_digits(buf, s + 2 * i, 2) for i in range(5))
-    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
-    if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo - 1] + leap and h < 24 and mi < 60 and sec < 60):
-        raise ValueError("X.509: validity time out of range at offset %d" % pos)
-    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec, e
-
-
 _PRINTABLE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
 
 
@@ -174,24 +129,6 @@ def _ip(raw, pos):
     return text
 
 
-def subject_spki(data):
-    """(subject DN, SubjectPublicKeyInfo) of a certificate as memoryviews into `data`, reached by
-    skipping the fields before them: what pin checks and anchor references need during a
-    handshake, at a fraction of the heap of a full parse."""
-    end = len(data)
-    cs, ce = der.expect(data, 0, end, 0x30, "Certificate")
-    ts, te = der.expect(data, cs, ce, 0x30, "TBSCertificate")
-    pos = ts
-    if pos < te and data[pos] == 0xA0:
-        pos = der.item(data, pos, te)[2]
-    for _ in range(4):  # serialNumber, signature, issuer, validity
-        pos = der.item(data, pos, te)[2]
-    _, subject_end = der.expect(data, pos, te, 0x30, "subject")
-    _, spki_end = der.expect(data, subject_end, te, 0x30, "subjectPublicKeyInfo")
-    mv = memoryview(data)
-    return mv[pos:subject_end], mv[subject_end:spki_end]
-
-
 class Certificate:
     """One parsed certificate. Raises ValueError for anything that is not a well-formed DER
     certificate, including trailing bytes."""
@@ -223,8 +160,8 @@ class Certificate:
         pos = _algorithm(buf, e, te)
         self._issuer = self._span(pos, te, "issuer")
         vs, ve = der.expect(buf, self._issuer[1], te, 0x30, "validity")
-        self.not_valid_before, p = _time(buf, vs, ve)
-        self.not_valid_after, p = _time(buf, p, ve)
+        self.not_valid_before, p = read_time(buf, vs, ve)
+        self.not_valid_after, p = read_time(buf, p, ve)
         if p != ve:
             raise ValueError("X.509: trailing bytes in validity at offset %d" % p)
         self._subject = self._span(ve, te, "subject")
