@@ -36,12 +36,16 @@ def der_certs(cadata):
     return out
 
 
-def check_certs(ders, what):
-    """TLSError naming `what` if one of the certificates `ders` does not parse."""
-    from tlsguard.x509 import Certificate
+def check_certs(ders, what, full=True):
+    """TLSError naming `what` if one of the certificates `ders` does not parse (full: every
+    field, x509; else its outline, certfields)."""
+    if full:
+        from tlsguard.x509 import Certificate as check
+    else:
+        from tlsguard.certfields import outline as check
     for der in ders:
         try:
-            Certificate(der)
+            check(der)
         except ValueError as e:
             raise TLSError("bad_certificate", "%s: %s" % (what, e))
 
@@ -100,11 +104,8 @@ class SecureContext:
             from tlsguard.timesync import ClockPolicy
             self.clock = ClockPolicy(time_servers, trust, resync, floor_fallback, **(time_options or {}))
         self.pins = pins if isinstance(pins, Pins) else Pins(pins)
-        # cadata is parsed (a malformed certificate refused) when a trust store or the first
-        # connection needs it, before anything is sent: a context made at boot does not hold the
-        # certificate parser (9 KB of heap from .mpy).
         self.anchors = der_certs(cadata) if cadata else []
-        self._unchecked = bool(self.anchors)
+        self._checked = 0  # how far cadata was checked: see _check_cadata
         self.identity = None
         if identity:
             # This mbedTLS build parses DER only, one certificate per call: the leaf is what the
@@ -118,16 +119,21 @@ class SecureContext:
         self._store_gen = None
         self._given = (self.anchors, self.identity, self.pins, trust, anchor_cache)
 
-    def _check_cadata(self):
-        if self._unchecked:
-            check_certs(self.anchors, "cadata")
-            self._unchecked = False
+    def _check_cadata(self, full=False):
+        """Refuse a malformed cadata certificate (TLSError bad_certificate) before it is used: its
+        outline before the first connection, every field before a trust store or a diagnosis
+        reads them. Not when the context is made: the full parser (x509, 7 KB of heap from .mpy)
+        then loads only on a path that needs it, never on a successful pinned handshake."""
+        level = 2 if full else 1
+        if self._checked < level:
+            check_certs(self.anchors, "cadata", full)
+            self._checked = level
 
     def _use_trust(self, trust, anchor_cache):
         self.trust = trust
         self._policy = None
         if trust is not None:
-            self._check_cadata()
+            self._check_cadata(True)
             from tlsguard.trustpolicy import TrustPolicy
             self._policy = TrustPolicy(trust, self.anchors, anchor_cache or trust.path + ".hosts")
 
@@ -171,7 +177,11 @@ class SecureContext:
             if not anchors and self._policy is not None:
                 anchors = (self._policy.no_anchor(),)
             for der in anchors:
-                ctx.load_verify_locations(der)
+                try:
+                    ctx.load_verify_locations(der)
+                except (ValueError, OSError) as e:
+                    self._check_cadata(True)  # names the fault if it is in cadata and ours sees it too
+                    raise TLSError("bad_certificate", "CA certificate refused by mbedTLS: %s" % e)
         elif self.mode == "pin_only":
             # Only a pinned leaf can pass like this: its key signs the key exchange.
             ctx.verify_mode = tls.CERT_OPTIONAL
@@ -185,10 +195,10 @@ class SecureContext:
         return ctx
 
     def _take_tls(self, anchors):
+        """The idle mbedTLS context if it was made with `anchors`, else None; either way no
+        longer kept, so that a stale one is garbage before a new one is made."""
         idle, self._idle = self._idle, None
-        if idle is not None and idle[0] == anchors:
-            return idle[1]
-        return self._new_tls(anchors)
+        return idle[1] if idle is not None and idle[0] == anchors else None
 
     def _release_tls(self, ctx, hs):
         self._idle = (hs.anchors, ctx)
@@ -227,16 +237,19 @@ class SecureContext:
         anchors, learned = self._anchors_for(host, pinset)
         # Where mbedTLS allocates on the GC heap (rp2, stm32), its 16 KB input buffer needs a free
         # run that no live object splits. Collecting the garbage left so far (a clock sync, trust
-        # store lookups, the last connection) before making what outlives this handshake (the
+        # store lookups, the last connection, a stale mbedTLS context) before making what
+        # outlives this handshake (the
         # mbedTLS context first, the largest), and before loading the connection code (with the
         # first connection: a context made at boot holds less heap), puts all of it in the
         # lowest free blocks, not among mbedTLS's buffers.
+        ctx = self._take_tls(anchors)
         gc.collect()
-        try:
-            ctx = self._take_tls(anchors)
-        except TLSError:
-            _close(sock)
-            raise
+        if ctx is None:
+            try:
+                ctx = self._new_tls(anchors)
+            except TLSError:
+                _close(sock)
+                raise
         from tlsguard import floor  # noqa: F401 - for _verified, after the handshake
         from tlsguard.handshake import Handshake
         from tlsguard.tlssocket import TLSSocket
@@ -270,6 +283,9 @@ class SecureContext:
         does not authenticate, may roll back). A chain the set refuses never counts, whatever
         an older set would say of it: an attacker holding a key an update revoked presents
         exactly such a chain."""
+        # What the diagnosis keeps (anchors a trust store found, modules it loads) is made in the
+        # lowest free blocks, not where mbedTLS's buffers were: see wrap_socket.
+        gc.collect()
         err = self._diagnose(exc, hs)
         if self._pin_cas is not None:
             err = self._pin_cas.failed(hs, err)
@@ -280,6 +296,7 @@ class SecureContext:
         return err
 
     def _diagnose(self, exc, hs):
+        self._check_cadata(True)
         floor = platform.clock_floor(self.trust)
         if self._policy is not None and self.mode == "verify":
             return self._policy.diagnose(exc, hs, floor)
