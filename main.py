@@ -5,7 +5,8 @@ failure (TLS errors logged with their kind and hint), and applies credential upd
 arrive on devices/<id>/credentials, signed with the device's package key and bound to its id (the
 next connection uses them; without a package_key no update is accepted). Reads config.json:
 {"device_id": "sensor-1", "broker": {"host": "mqtt.example.com", "port": 8883},
- "ca": "certs/ca.der" and/or "bundle": "certs/roots.bin", "pins": {"host": ["sha256/..."]},
+ "ca": "certs/ca.der" and/or "bundle": "certs/roots.bin" (or "frozen": the bundle frozen into the
+ firmware), "pins": {"host": ["sha256/..."]},
  "identity": ["certs/device.crt", "certs/device.key"], "store": "store",
  "package_key": "<hex, 16+ bytes>",
  "time_servers": ["0.pool.ntp.org", "1.pool.ntp.org", "2.pool.ntp.org"],
@@ -163,7 +164,12 @@ def make_context(cfg, store):
     identity = None
     if cfg.get("identity"):
         identity = (read(cfg["identity"][0]), read(cfg["identity"][1]))
-    trust = tlsguard.TrustStore(cfg["bundle"]) if cfg.get("bundle") else None
+    bundle = cfg.get("bundle")
+    trust = None
+    if bundle == "frozen":
+        trust = tlsguard.frozen_roots()
+    elif bundle:
+        trust = tlsguard.TrustStore(bundle)
     from tlsguard.timesync import DEFAULT_SERVERS
     # Several independent servers: a step past a pin expiry needs two of them to agree.
     return tlsguard.SecureContext(cadata=read(cfg["ca"]) if cfg.get("ca") else None, trust=trust,

@@ -107,23 +107,18 @@ def https_peers(tmp_path, broker_pki, fleet):
     rogue.close()
 
 
-class Proxy:
+class Proxy(servers.Listener):
     """TCP relay 127.0.0.1:<port> -> 127.0.0.1:target. drop(n): the next n connections are closed
     as soon as the client has sent something (a handshake cut short); cut(): ends the relayed
     connections (a broker or link going away)."""
 
     def __init__(self, target):
         self.target = target
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.to_drop = 0
-        self.accepted = 0
         self.dropped = 0
         self.live = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
     def drop(self, n=1):
         self.to_drop = n
@@ -139,26 +134,20 @@ class Proxy:
                 pass  # its pump closed it already
             s.close()
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            if self.to_drop:
-                self.to_drop -= 1
-                threading.Thread(target=self._drop, args=(conn,), daemon=True).start()
-                continue
-            try:
-                up = socket.create_connection(("127.0.0.1", self.target), 5)
-            except OSError:
-                _shut(conn)
-                continue
-            with self._lock:
-                self.live += [conn, up]
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+    def _accept(self, conn):
+        if self.to_drop:
+            self.to_drop -= 1
+            threading.Thread(target=self._drop, args=(conn,), daemon=True).start()
+            return
+        try:
+            up = socket.create_connection(("127.0.0.1", self.target), 5)
+        except OSError:
+            _shut(conn)
+            return
+        with self._lock:
+            self.live += [conn, up]
+        for a, b in ((conn, up), (up, conn)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _drop(self, conn):
         conn.settimeout(10)
@@ -171,14 +160,7 @@ class Proxy:
 
     @staticmethod
     def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(4096)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
+        servers.pump(src, dst)
         _shut(src)
         _shut(dst)
 

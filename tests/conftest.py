@@ -1,4 +1,5 @@
 """Shared fixtures: the MicroPython unix port runner, the test PKI and the TLS servers."""
+import itertools
 import json
 import os
 import subprocess
@@ -177,32 +178,24 @@ def inter_ca(root_ca):
 @pytest.fixture
 def serve(tmp_path):
     """serve(issued, ...) starts a CPython TLS server presenting issued's chain."""
-    started = []
+    names = itertools.count()
 
-    def start(issued, include_chain=True, **kw):
-        crt, key = issued.write(tmp_path, "server%d" % len(started), include_chain)
-        srv = servers.PyTLSServer(crt, key, **kw)
-        started.append(srv)
-        return srv
+    def server(issued, include_chain=True, **kw):
+        crt, key = issued.write(tmp_path, "server%d" % next(names), include_chain)
+        return servers.PyTLSServer(crt, key, **kw)
 
-    yield start
-    for s in started:
-        s.close()
+    yield from servers.started(server)
 
 
 @pytest.fixture
 def openssl_serve(tmp_path):
-    started = []
+    names = itertools.count()
 
-    def start(issued, extra=()):
-        crt, key = issued.write(tmp_path, "oserver%d" % len(started), True)
-        srv = servers.OpenSSLServer(crt, key, chainfile=crt, extra=extra)
-        started.append(srv)
-        return srv
+    def server(issued, extra=()):
+        crt, key = issued.write(tmp_path, "oserver%d" % next(names), True)
+        return servers.OpenSSLServer(crt, key, chainfile=crt, extra=extra)
 
-    yield start
-    for s in started:
-        s.close()
+    yield from servers.started(server)
 
 
 def pyrepr(data):

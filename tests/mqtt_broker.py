@@ -5,7 +5,6 @@ import getpass
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading

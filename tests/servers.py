@@ -48,17 +48,21 @@ class PyTLSServer:
                 peer = tconn.getpeercert(binary_form=True)
                 if peer:
                     self.client_certs.append(peer)
-                f = tconn.makefile("rwb")
-                while True:
-                    line = f.readline()
-                    if not line:
-                        break
-                    f.write(b"echo:" + line)
-                    f.flush()
+                self._serve(tconn)
         except (OSError, ssl.SSLError) as e:
             self.errors.append(e)
         finally:
             conn.close()
+
+    def _serve(self, tconn):
+        """After the handshake: echo each line back."""
+        f = tconn.makefile("rwb")
+        while True:
+            line = f.readline()
+            if not line:
+                break
+            f.write(b"echo:" + line)
+            f.flush()
 
     def close(self):
         self.sock.close()
@@ -198,6 +202,46 @@ def _reported_port(proc, log, pattern, timeout=30):
             stop_process(proc)
             raise RuntimeError("server did not start: %s" % text.decode(errors="replace"))
         time.sleep(0.05)
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 (port from the OS) that counts connections and hands each to
+    self._accept in its accepting thread, until closed. Subclasses set their state first."""
+
+    def __init__(self):
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _listen(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._accept(conn)
+
+    def _accept(self, conn):
+        conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def pump(src, dst):
+    """Copy src to dst until src ends or either fails (a relay's one direction)."""
+    try:
+        while True:
+            data = src.recv(4096)
+            if not data:
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
 
 
 class ClosedPort:

@@ -3,6 +3,7 @@ devices over dns-01 and http-01, the device's own CSR, renewal, and every refusa
 and nothing half written: policy, failing challenges, badNonce, rateLimited, CA unreachable."""
 import http.client
 import http.server
+import itertools
 import json
 import os
 import socket
@@ -30,18 +31,14 @@ ALLOW = "*.fleet.example.com"
 
 @pytest.fixture
 def start_pebble(tmp_path):
-    started = []
+    names = itertools.count()
 
-    def start(env=None, http_port=None, dns_server=None, chall_http01=False, eab_keys=None):
-        folder = tmp_path / ("pebble%d" % len(started))
+    def pebble(env=None, http_port=None, dns_server=None, chall_http01=False, eab_keys=None):
+        folder = tmp_path / ("pebble%d" % next(names))
         folder.mkdir()
-        pb = Pebble(folder, env, http_port, dns_server, chall_http01, eab_keys)
-        started.append(pb)
-        return pb
+        return Pebble(folder, env, http_port, dns_server, chall_http01, eab_keys)
 
-    yield start
-    for pb in started:
-        pb.close()
+    yield from servers.started(pebble)
 
 
 @pytest.fixture
@@ -251,36 +248,11 @@ def test_renewal_keeps_key_and_failed_renewal_keeps_old_cert(start_pebble, tmp_p
     assert {f: (dev / f).read_bytes() for f in os.listdir(dev)} == before
 
 
-class CountingListener:
-    """A TCP port that counts who connects: the proof that nothing was sent to the CA."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self):
-        self.sock.close()
-
-
 @pytest.mark.pebble
 @pytest.mark.parametrize("names", [["evil.example.net"], ["ok.fleet.example.com", "a.b.other.example.org"]])
 def test_policy_refuses_before_any_order(acme_dir, tmp_path, names):
     conf = json.loads((acme_dir / "acme.json").read_text())
-    spy = CountingListener()
+    spy = servers.Listener()  # counts who connects: the proof that nothing reached the CA
     conf["directory"] = "https://127.0.0.1:%d/dir" % spy.port
     (acme_dir / "acme.json").write_text(json.dumps(conf))
     try:
@@ -300,7 +272,7 @@ def test_policy_refuses_before_any_order(acme_dir, tmp_path, names):
         r = tlsguard("ca", "--dir", acme_dir, "issue", "--batch", batch, env=PW)
         assert r.returncode == 2 and "refused locally, no order placed" in r.stderr
         assert "bad: name %r is not allowed" % bad in r.stderr
-        assert spy.accepted == 0
+        assert spy.connections == 0
         assert not (tmp_path / "o.pem").exists() and not (acme_dir / "devices").exists()
     finally:
         spy.close()
@@ -310,7 +282,7 @@ def test_policy_refuses_before_any_order(acme_dir, tmp_path, names):
 def test_cn_outside_the_sans_refused_before_any_order(acme_dir, tmp_path):
     """A CSR whose CN is not a SAN would fail at finalize (after the challenges): refused unsent."""
     conf = json.loads((acme_dir / "acme.json").read_text())
-    spy = CountingListener()
+    spy = servers.Listener()  # counts who connects: the proof that nothing reached the CA
     conf["directory"] = "https://127.0.0.1:%d/dir" % spy.port
     (acme_dir / "acme.json").write_text(json.dumps(conf))
     try:
@@ -326,7 +298,7 @@ def test_cn_outside_the_sans_refused_before_any_order(acme_dir, tmp_path):
             assert r.returncode == 2
             assert "the CN 'a.fleet.example.com' is not among them (%s): the device must list it as a SAN too; " \
                    "no order placed" % (", ".join(sans) or "no SAN") in r.stderr, r.stderr
-        assert spy.accepted == 0
+        assert spy.connections == 0
     finally:
         spy.close()
 

@@ -2,19 +2,18 @@
 (raw CPython sockets over ssl, scripted byte by byte) under the MicroPython unix port: credentials
 and bodies never follow a redirect to another origin, request splitting refused before anything
 is sent, endless header lines, header floods, bad chunk sizes and conflicting lengths refused."""
-import socket
 import ssl
-import threading
 
 import pytest
 
+import servers
 from conftest import pyrepr
 
 SECRETS = {"Authorization": "Bearer s3cret-token", "Cookie": "session=s3cret-cookie",
            "Proxy-Authorization": "Basic czNjcmV0"}
 
 
-class RawHTTPS:
+class RawHTTPS(servers.Listener):
     """A TLS server that records each request (head and body) and answers with `respond(request,
     port)` bytes, then closes."""
 
@@ -22,28 +21,18 @@ class RawHTTPS:
         crt, key = issued.write(tmp_path, "raw%d" % id(self))
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(crt, key)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.respond = respond
         self.requests = []
         self.received = b""  # every byte any client sent after the handshake
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            try:
-                with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                    tls.settimeout(5)
-                    self._handle(tls)
-            except (OSError, ssl.SSLError):
-                pass
+    def _accept(self, conn):
+        try:
+            with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(5)
+                self._handle(tls)
+        except (OSError, ssl.SSLError):
+            pass
 
     def _handle(self, tls):
         data = b""
@@ -68,9 +57,6 @@ class RawHTTPS:
         self.received += head + b"\r\n\r\n" + body
         self.requests.append({"line": lines[0], "headers": headers, "body": body})
         tls.sendall(self.respond(self.requests[-1], self.port))
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ import os
 import re
 import time
 
-import pytest
-
 import ntp_servers
 from ntp_servers import chrony, hostile  # noqa: F401 (fixtures)
 import pki

@@ -57,57 +57,25 @@ class Attacker(servers.PyTLSServer):
 
     def _handle(self, conn):
         self.connections += 1
-        conn.settimeout(10)
-        try:
-            with self.ctx.wrap_socket(conn, server_side=True) as t:
-                self.handshakes += 1
-                peer = t.getpeercert(binary_form=True)
-                if peer:
-                    self.client_certs.append(peer)
-                if self.cut:
-                    t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    return
-                while True:
-                    data = t.recv(4096)
-                    if not data:
-                        break
-                    self.received.append(data)
-                    t.sendall(b"echo:" + data)
-        except (OSError, ssl.SSLError) as e:
-            self.errors.append(e)
-        finally:
-            conn.close()
+        super()._handle(conn)
+
+    def _serve(self, t):
+        if self.cut:
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            return
+        while True:
+            data = t.recv(4096)
+            if not data:
+                break
+            self.received.append(data)
+            t.sendall(b"echo:" + data)
 
     @property
     def got_secret(self):
         return SECRET in b"".join(self.received)
 
 
-class Listener:
-    """A TCP listener on 127.0.0.1 (port 0) handing each connection to self._accept."""
-
-    def __init__(self):
-        self.connections = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self._accept(conn)
-
-    def close(self):
-        self.sock.close()
-
-
-class Resetter(Listener):
+class Resetter(servers.Listener):
     """Accepts TCP connections and resets them at once (an on-path attacker's RST)."""
 
     def _accept(self, conn):
@@ -115,7 +83,7 @@ class Resetter(Listener):
         conn.close()
 
 
-class Relay(Listener):
+class Relay(servers.Listener):
     """An on-path relay between the device and a server: the server's bytes pass unchanged; the
     device's records (whole TLS records, type and body) go through self._record, which forwards
     them or ends the connection. `sent`: per connection, every byte the device sent."""
@@ -135,7 +103,7 @@ class Relay(Listener):
     def _relay(self, client, sent):
         server = socket.create_connection(("127.0.0.1", self.upstream_port), 10)
         client.settimeout(10)
-        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+        threading.Thread(target=servers.pump, args=(server, client), daemon=True).start()
         buf = b""
         try:
             while True:
@@ -158,17 +126,6 @@ class Relay(Listener):
     def _record(self, record, client, server):
         server.sendall(record)
         return True
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while True:
-                data = src.recv(4096)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
 
     def records(self):
         """Per connection, the (record type, first byte of its body) of each record the device

@@ -102,7 +102,7 @@ def test_errors(tmp_path, root_ca, inter_ca):
     fails("--build-time 'soon': expected YYYY-MM-DD or seconds since 1970", "--build-time", "soon",
           "--out", tmp_path / "x.bin")
     fails("folder %s does not exist" % (tmp_path / "no"), "--out", tmp_path / "no" / "x.bin")
-    fails("--list reads a bundle; it takes no --from, --add or --build-time",
+    fails("--list reads a bundle; it takes no --from, --add, --build-time or --frozen",
           "--list", "--add", tmp_path / "leaf.pem")
     fails("--list %s: No such file or directory" % (tmp_path / "none.bin"), "--list", tmp_path / "none.bin")
 

@@ -216,7 +216,7 @@ def test_umqtt_robust_retries_a_cut_handshake(mpy, broker, broker_pki, fleet, su
     r = mpy.run(UMQTT_ROBUST + "emit(run(%d, %s))\n" % (p.port, ctx_source(fleet, broker_pki)), env=ENV, timeout=150)
     assert r.returncode == 0, r.output
     assert r.value == {"ok": True, "got": [[COMMANDS, "again"]]}, r.output
-    assert p.dropped == 1 and p.accepted == 2
+    assert p.dropped == 1 and p.connections == 2
     assert "TLSError" in r.output or "network for localhost" in r.output or "handshake_failed" in r.output, r.output
 
 
@@ -271,7 +271,7 @@ def test_mqtt_as_reconnect_task_survives_a_tls_error(mpy, broker, broker_pki, fl
     assert results == [{"ok": True, "got": [[COMMANDS, "back"]]}], text + broker.log()[-3000:]
     # mqtt_as logs the TLSError it caught in its reconnect task, then carried on.
     assert "Error in reconnect. handshake_failed for localhost: " in text, text
-    assert p.dropped == 1 and p.accepted == 3, (p.accepted, p.dropped, text)
+    assert p.dropped == 1 and p.connections == 3, (p.connections, p.dropped, text)
     assert sub.messages[0] == (TELEMETRY, b"from mqtt_as")
 
 

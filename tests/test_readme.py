@@ -27,8 +27,9 @@ BACKUP = pki.spki_pin(pki.CA("readme backup key").cert)
 RUN = {"device-api", "trust-bundle", "time", "store", "mqtt", "mqtt_as", "https", "mip", "mip-verified"}
 # Run by other modules, against their own peers: est (test_est.py, against `tlsguard ca serve`),
 # server (test_server.py, with curl and operator certificates), rp2-manifest (test_firmware.py,
-# through MicroPython's manifest reader).
-RUN_ELSEWHERE = {"est", "server", "rp2-manifest"}
+# through MicroPython's manifest reader), frozen-bundle, frozen-esp32, frozen-rp2
+# (test_frozen_bundle.py, on the 32-bit firmware that freezes a bundle).
+RUN_ELSEWHERE = {"est", "server", "rp2-manifest", "frozen-bundle", "frozen-esp32", "frozen-rp2"}
 
 
 def examples():

@@ -18,7 +18,8 @@ from conftest import RESULT
 
 DEVICE = r"""
 import hashlib, json, os, sys, vfs
-from tlsguard.store import CredentialStore, digest
+from tlsguard.store import CredentialStore
+from tlsguard.storefiles import digest
 MODE, ACTION, KILL, WORK = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 ops = [0]
 

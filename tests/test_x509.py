@@ -3,8 +3,6 @@ and against a corpus of malformed DER that must give ValueError and nothing else
 import base64
 import datetime
 import hashlib
-import ipaddress
-import json
 import os
 import random
 

@@ -4,7 +4,8 @@ it (fw32-rp2, as on rp2/stm32), beside the 64-bit PyPI unix port running lib/ fr
 
 Figures: heap taken by `import tlsguard` + a SecureContext (frozen, .mpy, .py); heap allocated by a
 pinned handshake; and the smallest `-X heapsize` (bisected, 1 KB steps) in which a fresh process
-completes 20 pinned connections, a trust-store first contact, and the whole flow (NTP sync from a
+completes 20 pinned connections, a trust-store first contact (bundle as a file on flash, and frozen
+into the firmware: tlsguard.frozen_roots(), the same bytes), and the whole flow (NTP sync from a
 clock at 2000-01-01, TLS with pins and a client certificate, MQTT publish with micropython-lib's
 umqtt.simple to mosquitto). A run counts as too small only when it fails for memory; any other
 failure stops the bench."""
@@ -19,7 +20,6 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, HERE)
 
-import certifi  # noqa: E402
 from cryptography import x509  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 
@@ -27,13 +27,14 @@ import mqtt_broker  # noqa: E402
 import ntp_servers  # noqa: E402
 import pki  # noqa: E402
 import servers  # noqa: E402
+import testbundle  # noqa: E402
 import unixfw  # noqa: E402
-from tlsguard_host import bundle  # noqa: E402
 
 LIB = os.path.join(ROOT, "lib")
 CLIENTS = os.path.join(ROOT, "..", "shared", "clients")
 PYPI = os.path.join(os.path.dirname(sys.executable), "micropython")
 GOALS = {"import": 4096, "mpy_import": 16384, "first_contact": {"fw32": 24 * 1024},
+         "first_contact_frozen": {"fw32": 24 * 1024},
          "flow": {"fw32": 20 * 1024, "fw32-rp2": 48 * 1024}}
 # tlsguard reports mbedTLS's ENOMEM from the socket layer as "socket error 12".
 MEMORY_FAILURES = ("MemoryError", "ALLOC_FAILED", "ENOMEM", "memory allocation failed", "socket error 12")
@@ -104,6 +105,19 @@ try:
 except OSError:
     pass
 ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore("roots.bin"))
+s = tlsguard.connect("localhost", int(sys.argv[1]), context=ctx)
+ping(s)
+s.close()
+print("RESULT ok")
+""",
+    # The same with the same bundle frozen into the firmware (tests/testbundle.py).
+    "first_contact_frozen": """
+import tlsguard
+try:
+    os.remove("tlsguard_roots.hosts")
+except OSError:
+    pass
+ctx = tlsguard.SecureContext(trust=tlsguard.frozen_roots())
 s = tlsguard.connect("localhost", int(sys.argv[1]), context=ctx)
 ping(s)
 s.close()
@@ -207,7 +221,8 @@ def main():
     work = tempfile.mkdtemp(prefix="tlsguard-bench-heap-")
     builds = {"fw32": unixfw.build("esp32"), "fw32-rp2": unixfw.build("rp2"), "pypi": PYPI}
     mpydir = compile_mpy(unixfw.mpy_cross(), os.path.join(work, "mpy"))
-    root = pki.CA("bench heap root")
+    # The root of the bundle the firmware freezes, so that roots.bin holds the same bytes.
+    root = testbundle.root()
     inter = root.intermediate("bench heap issuing")
     leaf = inter.issue(hosts=("localhost", "127.0.0.1"))
     fleet = mqtt_broker.FleetCA(os.path.join(work, "fleet"))
@@ -216,7 +231,7 @@ def main():
     files = {"root.der": root.der, "pin.txt": pki.spki_pin(inter.cert).encode(),
              "device.crt": pki.der(x509.load_pem_x509_certificate(mqtt_broker.read(crt))),
              "device.key": pki.key_der(serialization.load_pem_private_key(mqtt_broker.read(key), None)),
-             "roots.bin": bundle.build(bundle.load_certs(certifi.where()) + [root.cert], 1780000000)}
+             "roots.bin": testbundle.data()}
     for name, data in files.items():
         with open(os.path.join(work, name), "wb") as f:
             f.write(data)
@@ -240,6 +255,8 @@ def main():
                        "open": lambda: b.value(exe, path, "open", (srv.port,)),
                        "conn20": lambda: b.smallest(exe, path, "conn20", (srv.port,), hi, strict),
                        "first_contact": lambda: b.smallest(exe, path, "first_contact", (srv.port,), hi, strict),
+                       "first_contact_frozen": lambda: b.smallest(exe, path, "first_contact_frozen", (srv.port,),
+                                                                  hi, strict) if name != "pypi" else None,
                        "flow": lambda: b.smallest(exe, path, "flow", (broker.port, chrony.port), hi, strict)}
             r = rows[name] = {}
             for key, measure in figures.items():
@@ -264,7 +281,7 @@ def met(rows, key, build):
     value = rows[build].get(key)
     if goal is None or not isinstance(value, int) or build == "pypi":
         return None
-    return value * (1024 if key in ("conn20", "first_contact", "flow") else 1) <= goal
+    return value * (1024 if key in ("conn20", "first_contact", "first_contact_frozen", "flow") else 1) <= goal
 
 
 def report(rows):
@@ -285,6 +302,8 @@ def report(rows):
              ("open", "heap held by an open pinned connection", "", kb),
              ("conn20", "smallest heap: 20 pinned connections", "", lambda v: "%d KB" % v),
              ("first_contact", "smallest heap: trust-store first contact", "<= 24 KB (fw32)", lambda v: "%d KB" % v),
+             ("first_contact_frozen", "... with the bundle frozen into the firmware", "<= 24 KB (fw32)",
+              lambda v: "%d KB" % v),
              ("flow", "smallest heap: NTP + mTLS with pins + umqtt publish", "<= 20 KB / <= 48 KB",
               lambda v: "%d KB" % v))
     for key, label, goal, fmt in lines:

@@ -4,7 +4,9 @@ ESP32's) with tlsguard frozen from manifest.py, in two variants:
   esp32  mbedTLS allocates outside the GC heap (libc here, the IDF heap on an ESP32)
   rp2    mbedTLS allocates on the GC heap (m_tracked_calloc, as the rp2 and stm32 ports do)
 
-Both use an mbedTLS configuration shaped like the ESP32 port's (docs/PLATFORM.md). Sources come
+Both use an mbedTLS configuration shaped like the ESP32 port's (docs/PLATFORM.md), and freeze a
+trust bundle through manifest.py's roots= option (tests/testbundle.py: certifi's roots and a test
+root, tlsguard.frozen_roots() on the firmware). Sources come
 from MICROPYTHON_SRC (a source tree or a .tar.xz) or else ../shared/micropython/. Everything lives
 in ~/.cache/tlsguard/fw (TLSGUARD_FW_CACHE): src-<id>/ holds an unpacked tree with mpy-cross and
 the object files of each variant (make is incremental, so a change to lib/ only re-freezes);
@@ -161,7 +163,8 @@ def variant_files(variant):
     if os.path.isdir(os.path.join(CLIENTS, "umqtt")):
         # What the ESP32 port's boards/manifest.py freezes, from the unmodified shared copies.
         manifest.append('package("umqtt", files=["simple.py", "robust.py"], base_path="$(CLIENTS_DIR)")')
-    manifest.append('include("$(TLSGUARD_DIR)/manifest.py", port=None)')
+    manifest.append('include("$(TLSGUARD_DIR)/manifest.py", port=None, '
+                    'roots="$(TLSGUARD_ROOTS_DIR)/tlsguard_roots.py")')
     files["manifest.py"] = "\n".join(manifest) + "\n"
     return files
 
@@ -197,9 +200,22 @@ def mpy_cross(src=None):
     return os.path.join(source_tree(src), "mpy-cross", "build", "mpy-cross")
 
 
-def _plan(variant, src, root):
+def test_roots():
+    """The folder of the test firmware's tlsguard_roots.py (tests/testbundle.py), in the cache."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import testbundle
+    finally:
+        del sys.path[:2]
+    os.makedirs(cache_dir(), exist_ok=True)
+    return testbundle.module_folder(cache_dir())
+
+
+def _plan(variant, src, root, roots=None):
     """Source identity, tree, variant name and directory, and manifest path variables (the
-    variant directory is written into the tree on first use)."""
+    variant directory is written into the tree on first use). roots: the folder of the
+    tlsguard_roots.py to freeze (default: test_roots())."""
     src, ident = _source(src)
     tree = _prepare_tree(src, ident)
     files = variant_files(variant)
@@ -208,7 +224,8 @@ def _plan(variant, src, root):
     vdir = os.path.join(port, "variants", vname)
     path_vars = {"MPY_DIR": tree, "MPY_LIB_DIR": os.path.join(tree, "lib", "micropython-lib"),
                  "PORT_DIR": port, "BOARD_DIR": vdir, "TLSGUARD_DIR": os.path.abspath(root),
-                 "CLIENTS_DIR": os.path.abspath(CLIENTS)}
+                 "CLIENTS_DIR": os.path.abspath(CLIENTS),
+                 "TLSGUARD_ROOTS_DIR": os.path.abspath(roots or test_roots())}
     with _Lock(os.path.join(os.path.dirname(tree), vname + ".lock")):
         if not os.path.isdir(vdir):
             os.makedirs(vdir + ".tmp", exist_ok=True)
@@ -219,15 +236,15 @@ def _plan(variant, src, root):
     return src, ident, tree, vname, vdir, path_vars
 
 
-def key(variant="esp32", src=None, root=ROOT):
+def key(variant="esp32", src=None, root=ROOT, roots=None):
     """The cache key of the firmware `build` would give for the clone at `root`."""
-    src, ident, tree, vname, vdir, path_vars = _plan(variant, src, root)
+    src, ident, tree, vname, vdir, path_vars = _plan(variant, src, root, roots)
     return firmware_key(ident, vname, tree, vdir, path_vars)
 
 
-def build(variant="esp32", src=None, log=None, root=ROOT):
+def build(variant="esp32", src=None, log=None, root=ROOT, roots=None):
     """Path of the firmware for `variant`, built if no cached firmware has the same key."""
-    src, ident, tree, vname, vdir, path_vars = _plan(variant, src, root)
+    src, ident, tree, vname, vdir, path_vars = _plan(variant, src, root, roots)
     port = os.path.join(tree, "ports", "unix")
     with _Lock(os.path.join(os.path.dirname(tree), vname + ".lock")):
         fkey = firmware_key(ident, vname, tree, vdir, path_vars)
@@ -247,7 +264,7 @@ def build(variant="esp32", src=None, log=None, root=ROOT):
         t0 = time.time()
         _run(["make", "-C", port, "-j%d" % _jobs(), "VARIANT_DIR=variants/" + vname,
               "BUILD=build-" + vname] + list(MAKE_FLAGS) +
-             ["MICROPY_MANIFEST_%s=%s" % (k, path_vars[k]) for k in ("TLSGUARD_DIR", "CLIENTS_DIR")],
+             ["MICROPY_MANIFEST_%s=%s" % (k, path_vars[k]) for k in ("TLSGUARD_DIR", "CLIENTS_DIR", "TLSGUARD_ROOTS_DIR")],
              tree, log)
         if firmware_key(ident, vname, tree, vdir, path_vars) != fkey:
             raise BuildError("frozen files changed during the build; run it again")

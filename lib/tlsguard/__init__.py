@@ -14,7 +14,7 @@ _LAZY = (
     "CredentialStore", "store",
     "ServerContext", "server", "HTTPServer", "httpd",
     "sync_time", "timesync", "clock_floor", "platform",
-    "TrustStore", "truststore", "BundleError", "truststore",
+    "TrustStore", "truststore", "BundleError", "truststore", "frozen_roots", "truststore",
 )
 
 

@@ -38,8 +38,8 @@ def certs_from_pkcs7(buf):
     ss, se = der.expect(buf, cs, ce, 0x30, "SignedData")
     for tag, vs, ve in der.items(buf, ss, se):
         if tag == 0xA0:  # [0] IMPLICIT SET OF Certificate
-            from tlsguard.store import _split_der
-            return _split_der(buf[vs:ve])
+            from tlsguard.storeformat import split_der
+            return split_der(buf[vs:ve])
     raise ValueError("PKCS#7: no certificates")
 
 

@@ -51,7 +51,7 @@ def _order(ders, key):
 
 def _install(store, chain, key):
     """Stage the new identity (the rest of the active set is carried over) and activate it."""
-    from tlsguard.store import StoreError
+    from tlsguard.storeformat import StoreError
     import gc
     gc.collect()  # the EST exchange's garbage, before the store's checks need room
     try:

@@ -189,3 +189,30 @@ def _pins(data):
         if not isinstance(v, (list, dict)):
             raise StoreError("bad_pins", "%s: pins must be a list or {\"pins\": [...], \"expires\": secs}" % host)
     return table
+
+
+def apply(store, package, key=None, device=None, allow_unsigned=False):
+    """CredentialStore.apply: stage `package` (bytes or a file path) in `store`; every refusal a
+    StoreError, the store untouched."""
+    if key is None and not allow_unsigned:
+        raise StoreError("no_key", "apply() needs the device's package key; unsigned packages are "
+                                   "refused unless allow_unsigned=True")
+    try:
+        with Package(package, key) as p:
+            if p.device is None and key is not None:
+                raise StoreError("wrong_device", "the package is bound to no device")
+            if p.device is not None and p.device != device:
+                raise StoreError("wrong_device", "the package is for device %r, this is %r"
+                                 % (p.device, device))
+            if p.version <= store.highest_version:
+                raise StoreError("old_version", "package version %d is not newer than %d: an older or replayed update"
+                                 % (p.version, store.highest_version))
+            items = p.items()
+            return store.stage(p.version, items.get("identity"), items.get("roots"), items.get("pins"),
+                               items.get("bundle"), p.min_version, p.bundle_sha)
+    except (StoreError, MemoryError):
+        raise
+    except OSError as e:
+        raise StoreError("io", "cannot read the package: %s" % e)
+    except Exception as e:  # noqa: BLE001 - malformed content deep in a parser: one error type
+        raise StoreError("bad_package", "malformed package content: %s: %s" % (type(e).__name__, e))

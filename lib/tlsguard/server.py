@@ -54,10 +54,10 @@ class ServerContext:
         self.store = store
         self._given = None
         if identity:
-            from tlsguard.store import _split_der
+            from tlsguard.storeformat import split_der
             chain = []
             for block in pem_blocks(identity[0]):
-                chain += _split_der(block)  # DER certificates may come concatenated
+                chain += split_der(block)  # DER certificates may come concatenated
             key = pem_blocks(identity[1])[0]
             from tlsguard import keypair
             try:

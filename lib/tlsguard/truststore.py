@@ -1,6 +1,7 @@
-"""TrustStore: the trust bundle (roots.bin, built by `tlsguard bundle`) on flash. Lookups by
-subject DN binary-search the index with seeks and read only the entries they need; a hit is
-rebuilt into a minimal certificate DER that mbedTLS accepts as a trust anchor.
+"""TrustStore: the trust bundle (roots.bin, built by `tlsguard bundle`) on flash, as a file or
+frozen into the firmware (module tlsguard_roots, `tlsguard bundle --frozen`). Lookups by subject DN
+binary-search the index with seeks and read only the entries they need; a hit is rebuilt into a
+minimal certificate DER that mbedTLS accepts as a trust anchor.
 The format is described in tools/tlsguard_host/bundle.py."""
 import hashlib
 
@@ -20,11 +21,12 @@ _BC_OID = b"\x06\x03\x55\x1d\x13\x01\x01\xff"  # basicConstraints, critical
 
 
 class BundleError(ValueError):
-    """The bundle file is missing, truncated, corrupted or of another format version."""
+    """The bundle is missing, truncated, corrupted or of another format version."""
 
-    def __init__(self, path, problem):
-        super().__init__("trust bundle %s: %s; rebuild it with `tlsguard bundle` and copy it to "
-                         "the device again" % (path, problem))
+    def __init__(self, path, problem, frozen=False):
+        super().__init__("trust bundle %s: %s; %s" % (path, problem, (
+            "rebuild it with `tlsguard bundle --frozen` and the firmware with it" if frozen else
+            "rebuild it with `tlsguard bundle` and copy it to the device again")))
         self.path = path
         self.problem = problem
 
@@ -147,24 +149,40 @@ def minimal_cert(subject, spki_len, not_before, not_after, pathlen=None):
     return out, spki_at
 
 
-class TrustStore:
-    """The bundle at `path`, checked on open (header, version, size, SHA-256). `find()` needs a
-    few hundred bytes of heap whatever the bundle's size; `build_time` is a floor for the clock."""
+def frozen_roots():
+    """The TrustStore of the bundle frozen into this firmware; BundleError if it has none."""
+    name = "tlsguard_roots"  # the module `tlsguard bundle --frozen` writes
+    try:
+        roots = __import__(name).ROOTS
+    except (ImportError, AttributeError):
+        raise BundleError(name, "not frozen into this firmware (manifest.py option roots=)", True)
+    return TrustStore(name, roots)
 
-    def __init__(self, path):
+
+class TrustStore:
+    """The bundle at `path`, checked on open (header, version, size, SHA-256); or the bundle in
+    `data` (bytes frozen into the firmware: read in place, never copied to RAM), `path` then naming
+    it in errors and the anchor cache. `find()` needs a few hundred bytes of heap whatever the
+    bundle's size; `build_time` is a floor for the clock."""
+
+    _data = None  # a class default: a file's store has no slot for it
+
+    def __init__(self, path, data=None):
         self.path = path
+        if data is not None:
+            self._data = data
         self._ix = bytearray(_INDEX)
         self._eh = bytearray(10)  # entry head: flags, [pathlen], notBefore, notAfter
         head = bytearray(_HEADER)
         f = self._open()
         try:
             if f.readinto(head) != _HEADER:
-                raise BundleError(path, "truncated (shorter than its header)")
+                raise self._error("truncated (shorter than its header)")
             if head[:4] != MAGIC:
-                raise BundleError(path, "not a tlsguard trust bundle")
+                raise self._error("not a tlsguard trust bundle")
             version = (head[4] << 8) | head[5]
             if version != VERSION:
-                raise BundleError(path, "format version %d, this tlsguard reads version %d" % (version, VERSION))
+                raise self._error("format version %d, this tlsguard reads version %d" % (version, VERSION))
             self.count = (head[6] << 8) | head[7]
             self.build_time = _u32(head, 8)
             self._size = _HEADER + _u32(head, 12)
@@ -175,10 +193,16 @@ class TrustStore:
         self.sha256 = bytes(head[16:48])
 
     def _open(self):
+        if self._data is not None:
+            from io import BytesIO
+            return BytesIO(self._data)  # over bytes it reads in place: no copy
         try:
             return open(self.path, "rb")
         except OSError as e:
-            raise BundleError(self.path, "cannot open it (%s)" % e)
+            raise self._error("cannot open it (%s)" % e)
+
+    def _error(self, problem):
+        return BundleError(self.path, problem, self._data is not None)
 
     def _check(self, f, head):
         h = hashlib.sha256(head[:16])
@@ -191,14 +215,14 @@ class TrustStore:
                 break
             total += n
             if total > self._size:
-                raise BundleError(self.path, "longer than its header says (%d bytes expected)" % self._size)
+                raise self._error("longer than its header says (%d bytes expected)" % self._size)
             h.update(mv[:n])
         if total != self._size:
-            raise BundleError(self.path, "truncated: %d of %d bytes" % (total, self._size))
+            raise self._error("truncated: %d of %d bytes" % (total, self._size))
         if h.digest() != head[16:48]:
-            raise BundleError(self.path, "checksum mismatch (the file is corrupted)")
+            raise self._error("checksum mismatch (the bundle is corrupted)")
         if self._size < _HEADER + _INDEX * self.count:
-            raise BundleError(self.path, "index larger than the file")
+            raise self._error("index larger than the file")
 
     def __len__(self):
         return self.count
@@ -207,7 +231,7 @@ class TrustStore:
         """Read index slot i into self._ix; return its entry offset."""
         f.seek(_HEADER + _INDEX * i)
         if f.readinto(self._ix) != _INDEX:
-            raise BundleError(self.path, "index truncated")
+            raise self._error("index truncated")
         return _u32(self._ix, 4)
 
     def find(self, subject):
@@ -231,7 +255,7 @@ class TrustStore:
                     break
                 end = self._offset(f, i + 1) if i + 1 < self.count else self._size
                 if not _HEADER + _INDEX * self.count <= start < end <= self._size or end - start > _MAX_ENTRY:
-                    raise BundleError(self.path, "entry %d out of bounds" % i)
+                    raise self._error("entry %d out of bounds" % i)
                 der = self._entry(f, start, end, subject)
                 if der is not None:
                     out.append(der)
@@ -245,7 +269,7 @@ class TrustStore:
         f.seek(start)
         eh = self._eh
         if end - start < len(eh) or f.readinto(eh) != len(eh):
-            raise BundleError(self.path, "entry at offset %d truncated" % start)
+            raise self._error("entry at offset %d truncated" % start)
         flags = eh[0]
         try:
             if flags & _FULL:
@@ -275,5 +299,5 @@ class TrustStore:
             if f.readinto(memoryview(der)[at:at + spki_len]) != spki_len:
                 raise ValueError("key truncated")
         except ValueError as e:
-            raise BundleError(self.path, "malformed entry at offset %d (%s)" % (start, e))
+            raise self._error("malformed entry at offset %d (%s)" % (start, e))
         return bytes(der)  # mbedTLS's load_verify_locations takes bytes, not bytearray

@@ -215,6 +215,25 @@ class Bundle:
             raise BundleFormatError("malformed entry: %s" % e)
 
 
+FROZEN_MODULE = "tlsguard_roots.py"
+_FROZEN_LINE = 48
+
+
+def frozen_module(data):
+    """Source of tlsguard_roots.py, the bundle `data` as one bytes constant for manifest.py's roots=
+    option. Frozen, the constant stays in flash and TrustStore reads it in place."""
+    b = Bundle(data)
+    day = datetime.datetime.fromtimestamp(b.build_time, datetime.timezone.utc).strftime("%Y-%m-%d")
+    lines = ['"""tlsguard trust bundle to freeze into firmware (written by `tlsguard bundle --frozen`):',
+             "%d roots, %d bytes, build time %s, sha256 %s." % (b.count, len(data), day, b.sha256.hex()),
+             "Freeze it (manifest.py option roots=): imported from a .py or .mpy file it would all be",
+             'copied into RAM."""',
+             # Adjacent literals: the compiler joins them into one constant.
+             "ROOTS = ("]
+    lines += ["    %r" % data[i:i + _FROZEN_LINE] for i in range(0, len(data), _FROZEN_LINE)]
+    return "\n".join(lines + [")", ""])
+
+
 def load_certs(path):
     """Certificates from a PEM/DER file or every .pem/.crt/.cer/.der file of a folder."""
     if os.path.isdir(path):

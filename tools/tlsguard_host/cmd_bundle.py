@@ -49,6 +49,21 @@ def _date(secs):
     return datetime.datetime.fromtimestamp(secs, datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
+def _check_folder(path, option):
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CLIError("%s %s: folder %s does not exist" % (option, path, folder))
+
+
+def _write(path, option, data):
+    """Write data to path through a temporary file, so a failed write leaves the old file."""
+    _check_folder(path, option)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def run_build(args):
     if args.source:
         certs, floor = _load(args.source, "--from"), 0
@@ -61,19 +76,16 @@ def run_build(args):
     except ValueError as e:
         raise CLIError(str(e))
     out = args.out
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise CLIError("--out %s: folder %s does not exist" % (out, folder))
-    tmp = out + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out)
+    _write(out, "--out", data)
     count = bundle.Bundle(data).count
     esp, floor_bytes = bundle.sizes(certs)
     print("wrote %s: %d roots, %d bytes, build time %s, sha256 %s"
           % (out, count, len(data), _date(when), bundle.Bundle(data).sha256.hex()))
     print("  ESP-IDF format %d bytes (ours %+.1f%%), floor (subject + key) %d bytes (ours %+.1f%%)"
           % (esp, 100.0 * (len(data) - esp) / esp, floor_bytes, 100.0 * (len(data) - floor_bytes) / floor_bytes))
+    if args.frozen:
+        _write(args.frozen, "--frozen", bundle.frozen_module(data).encode())
+        print("wrote %s: freeze it with manifest.py's option roots=" % args.frozen)
 
 
 def run_list(path):
@@ -98,9 +110,14 @@ def run_list(path):
 
 
 def run(args):
+    if args.frozen:  # refused before anything is written
+        if os.path.basename(args.frozen) != bundle.FROZEN_MODULE:
+            raise CLIError("--frozen %s: name the module %s (the device imports it by that name)"
+                           % (args.frozen, bundle.FROZEN_MODULE))
+        _check_folder(args.frozen, "--frozen")
     if args.list is not None:
-        if args.source or args.add or args.build_time:
-            raise CLIError("--list reads a bundle; it takes no --from, --add or --build-time")
+        if args.source or args.add or args.build_time or args.frozen:
+            raise CLIError("--list reads a bundle; it takes no --from, --add, --build-time or --frozen")
         return run_list(args.list or args.out)
     return run_build(args)
 
@@ -117,6 +134,9 @@ def register(sub):
     p.add_argument("--build-time", metavar="DATE",
                    help="clock floor stored in the bundle, YYYY-MM-DD or seconds since 1970 (default: "
                    "the later of certifi's release date and the newest notBefore of the roots)")
+    p.add_argument("--frozen", metavar="MODULE",
+                   help="also write the bundle as a module to freeze into firmware (a path ending in "
+                   "tlsguard_roots.py; manifest.py option roots=)")
     p.add_argument("--list", nargs="?", const="", metavar="BUNDLE",
                    help="list the roots of BUNDLE (default: the --out file) instead of building")
     p.set_defaults(func=run)
