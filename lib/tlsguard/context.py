@@ -238,10 +238,9 @@ class SecureContext:
         # Where mbedTLS allocates on the GC heap (rp2, stm32), its 16 KB input buffer needs a free
         # run that no live object splits. Collecting the garbage left so far (a clock sync, trust
         # store lookups, the last connection, a stale mbedTLS context) before making what
-        # outlives this handshake (the
-        # mbedTLS context first, the largest), and before loading the connection code (with the
-        # first connection: a context made at boot holds less heap), puts all of it in the
-        # lowest free blocks, not among mbedTLS's buffers.
+        # outlives this handshake (the mbedTLS context first, the largest) and before loading
+        # the connection code (with the first connection: a context made at boot holds less
+        # heap) puts all of it in the lowest free blocks, not among mbedTLS's buffers.
         ctx = self._take_tls(anchors)
         gc.collect()
         if ctx is None:
