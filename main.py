@@ -1,9 +1,11 @@
 """Example firmware (ESP32; runs unchanged under the unix port): MQTT telemetry over mutual TLS with
-tlsguard. Connects to the broker (CA or trust bundle, pins, the device certificate from the
-credential store), prints the verified peer, publishes telemetry, reconnects with backoff after any
-failure (TLS errors logged with their kind and hint), and applies credential update packages that
-arrive on devices/<id>/credentials, signed with the device's package key and bound to its id (the
-next connection uses them; without a package_key no update is accepted). Reads config.json:
+tlsguard and micropython-lib's umqtt.simple (frozen in the ESP32 and ESP8266 firmware; elsewhere
+mip.install("umqtt.simple")). Connects to the broker (CA or trust bundle, pins, the device
+certificate from the credential store), prints the verified peer, publishes telemetry, reconnects
+with backoff after any failure (TLS errors logged with their kind and hint), applies credential
+update packages that arrive on devices/<id>/credentials, signed with the device's package key and
+bound to its id (the next connection uses them; without a package_key no update is accepted), and
+renews its certificate over EST when due. Reads config.json:
 {"device_id": "sensor-1", "broker": {"host": "mqtt.example.com", "port": 8883},
  "ca": "certs/ca.der" and/or "bundle": "certs/roots.bin" (or "frozen": the bundle frozen into the
  firmware), "pins": {"host": ["sha256/..."]},
@@ -13,6 +15,11 @@ next connection uses them; without a package_key no update is accepted). Reads c
  "interval": 10, "backoff": [1, 60], "messages": 0, "max_failures": 0}
 messages / max_failures: stop after that many messages sent / consecutive failed connections
 (0: never; a board runs forever).
+"est": {"url": "https://ca.example.com:8443", "ca": "certs/est-ca.der", "percent": 33, "jitter": 10,
+ "backoff": [300, 21600]} renews the store's certificate (a new key made here) when less than
+percent (+ up to jitter) % of its lifetime is left: between MQTT sessions (a session ends when the
+certificate falls due), or in a thread of its own without a broker. A failed renewal keeps the
+working credentials and is retried after backoff[0] s, doubling up to backoff[1].
 "https": {"port": 443, "operator_port": 8443, "operator_ca": "certs/operator-ca.der",
  "operators": ["sha256/..."], "settings": "settings.json", "timeout": 10, "max_connections": 4}
 serves the device's pages (WebUI) with the credential store's identity: the status page to anyone,
@@ -22,134 +29,9 @@ are served; with both, the pages run in a thread."""
 import gc
 import json
 import select
-import socket
-import struct
 import time
 
 import tlsguard
-
-_MAX_PACKET = 16384  # larger payloads (a whole trust bundle) should come by HTTPS, streamed to flash
-
-
-class MQTTError(Exception):
-    pass
-
-
-class MQTTClient:
-    """A minimal MQTT 3.1.1 client (QoS 0) in the shape of micropython-lib's umqtt.simple:
-    `ssl` is any object with wrap_socket(sock, server_hostname=...), so a tlsguard.SecureContext
-    drops in where umqtt takes ssl.SSLContext."""
-
-    def __init__(self, client_id, server, port=8883, keepalive=60, ssl=None):
-        self.client_id = client_id
-        self.server = server
-        self.port = port
-        self.keepalive = keepalive
-        self.ssl = ssl
-        self.sock = None
-        self.cb = None
-        self._pid = 0
-
-    def set_callback(self, f):
-        self.cb = f
-
-    def connect(self, timeout=10):
-        ai = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0]
-        sock = socket.socket(ai[0], socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(ai[-1])
-        except OSError as e:
-            sock.close()
-            raise tlsguard.TLSError("network", "cannot connect to %s:%d (%s)" % (self.server, self.port, e),
-                                    self.server)
-        if self.ssl:
-            sock = self.ssl.wrap_socket(sock, server_hostname=self.server)
-        self.sock = sock
-        cid = self.client_id.encode()
-        # Protocol "MQTT" level 4, clean session.
-        self._send(0x10, b"\x00\x04MQTT\x04\x02" + struct.pack("!HH", self.keepalive, len(cid)) + cid)
-        op, body = self._packet()
-        if op != 0x20 or len(body) != 2 or body[1] != 0:
-            raise MQTTError("broker refused the connection (CONNACK %r)" % (body,))
-
-    def disconnect(self):
-        if self.sock is None:
-            return
-        try:
-            self.sock.write(b"\xe0\x00")
-        except OSError:
-            pass
-        self.sock.close()
-        self.sock = None
-
-    def ping(self):
-        self.sock.write(b"\xc0\x00")
-
-    def publish(self, topic, msg):
-        t = topic.encode()
-        self._send(0x30, struct.pack("!H", len(t)) + t + msg)
-
-    def subscribe(self, topic):
-        self._pid = self._pid % 65535 + 1
-        t = topic.encode()
-        self._send(0x82, struct.pack("!HH", self._pid, len(t)) + t + b"\x00")
-        while True:
-            op, body = self._packet()
-            if op == 0x90:
-                if body[2] == 0x80:
-                    raise MQTTError("broker refused the subscription to %s" % topic)
-                return
-
-    def check_msg(self, timeout_ms=0):
-        """Handle what the broker sent within timeout_ms; True if anything came."""
-        p = select.poll()
-        p.register(self.sock, select.POLLIN)
-        if not p.poll(timeout_ms):
-            return False
-        self._packet()
-        return True
-
-    def _send(self, op, body):
-        n = len(body)
-        head = bytearray([op])
-        while True:
-            b, n = n & 0x7F, n >> 7
-            head.append(b | (0x80 if n else 0))
-            if not n:
-                break
-        self.sock.write(head)
-        self.sock.write(body)
-
-    def _read(self, n):
-        out = b""
-        while len(out) < n:
-            chunk = self.sock.read(n - len(out))
-            if not chunk:
-                raise MQTTError("connection closed by the broker")
-            out += chunk
-        return out
-
-    def _packet(self):
-        """Read one packet; PUBLISH goes to the callback. Returns (type, body)."""
-        op = self._read(1)[0]
-        n = shift = 0
-        while True:
-            b = self._read(1)[0]
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        if n > _MAX_PACKET:
-            raise MQTTError("packet of %d bytes is over the %d-byte limit" % (n, _MAX_PACKET))
-        body = self._read(n) if n else b""
-        if op & 0xF0 == 0x30:
-            tlen = struct.unpack("!H", body[:2])[0]
-            # QoS 0 subscriptions only: no packet id follows the topic.
-            if self.cb:
-                self.cb(body[2:2 + tlen].decode(), body[2 + tlen:])
-        return op & 0xF0, body
-
 
 def log(*args):
     print("main:", *args)
@@ -170,11 +52,15 @@ def make_context(cfg, store):
         trust = tlsguard.frozen_roots()
     elif bundle:
         trust = tlsguard.TrustStore(bundle)
-    from tlsguard.timesync import DEFAULT_SERVERS
-    # Several independent servers: a step past a pin expiry needs two of them to agree.
     return tlsguard.SecureContext(cadata=read(cfg["ca"]) if cfg.get("ca") else None, trust=trust,
                                   pins=cfg.get("pins"), identity=identity, store=store,
-                                  time_servers=cfg.get("time_servers") or DEFAULT_SERVERS)
+                                  time_servers=time_servers(cfg))
+
+
+def time_servers(cfg):
+    from tlsguard.timesync import DEFAULT_SERVERS
+    # Several independent servers: a step past a pin expiry needs two of them to agree.
+    return cfg.get("time_servers") or DEFAULT_SERVERS
 
 
 def show_peer(sock, host, port):
@@ -220,13 +106,21 @@ class Device:
         self.ctx = make_context(cfg, self.store)
         self.sent = 0
         self.rotated = False
+        self.lock = store_lock()
+        self.renewal = None
+        if cfg.get("est"):
+            if self.store is None:
+                log("renewal disabled: \"est\" needs a credential store (config.json \"store\")")
+            else:
+                self.renewal = Renewal(cfg, self.store, self.lock)
 
     def on_message(self, topic, msg):
-        if not topic.endswith("/credentials") or self.store is None or self.key is None:
+        if not topic.endswith(b"/credentials") or self.store is None or self.key is None:
             return
         try:
-            version = self.store.apply(msg, key=self.key, device=self.id)
-            self.store.activate()
+            with self.lock:
+                version = self.store.apply(msg, key=self.key, device=self.id)
+                self.store.activate()
         except ValueError as e:  # StoreError: refused package, store unchanged
             log("credential package refused: %s" % e)
             return
@@ -234,39 +128,63 @@ class Device:
             % (version, " (on trial until the broker accepts it)" if self.store.trial else ""))
         self.rotated = True
 
-    def session(self, host, port):
-        """One connection: publish until the message budget is spent or new credentials arrive."""
-        c = MQTTClient(self.id, host, port, keepalive=self.cfg.get("keepalive", 60), ssl=self.ctx)
+    def session(self, client, host, port):
+        """One connection: publish until the message budget is spent, new credentials arrive or
+        the certificate is due for renewal."""
+        c = client(self.id, host, port, keepalive=self.cfg.get("keepalive", 60), ssl=self.ctx)
         c.set_callback(self.on_message)
+        connected = False
         try:
-            c.connect()
+            with self.lock:  # a handshake confirms or rolls back a set on trial
+                c.connect(timeout=self.cfg.get("timeout", 10))
+            connected = True
             show_peer(c.sock, host, port)
             if self.store is not None and self.key is not None:
-                c.subscribe("devices/%s/credentials" % self.id)
+                c.subscribe(("devices/%s/credentials" % self.id).encode())
             interval_ms = int(self.cfg.get("interval", 10) * 1000)
             budget = self.cfg.get("messages", 0)
             while not budget or self.sent < budget:
                 gc.collect()
                 self.sent += 1
-                c.publish("devices/%s/telemetry" % self.id, json.dumps(
+                c.publish(("devices/%s/telemetry" % self.id).encode(), json.dumps(
                     {"device": self.id, "seq": self.sent, "uptime_ms": time.ticks_ms(),
                      "mem_free": gc.mem_free(),
                      "credentials": self.store.version if self.store else None}).encode())
-                deadline = time.ticks_add(time.ticks_ms(), interval_ms)
-                while True:
-                    left = time.ticks_diff(deadline, time.ticks_ms())
-                    if left <= 0:
-                        break
-                    c.check_msg(left)
-                    if self.rotated:
-                        self.rotated = False
-                        log("reconnecting with the new credentials")
-                        return
+                if not self.wait(c, interval_ms):
+                    return
                 c.ping()
         finally:
-            c.disconnect()
+            close(c, connected)
+
+    def wait(self, c, ms):
+        """Handle what the broker sends for `ms` ms. umqtt's check_msg() does not wait, so the
+        socket is polled first. False when the session should end early."""
+        p = select.poll()
+        p.register(c.sock, select.POLLIN)
+        deadline = time.ticks_add(time.ticks_ms(), ms)
+        while True:
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if left <= 0:
+                return True
+            if p.poll(left):
+                # Drain: a TLS record may hold several packets, and poll sees only the socket.
+                while c.check_msg() is not None:
+                    pass
+            if self.rotated:
+                self.rotated = False
+                log("reconnecting with the new credentials")
+                return False
+            if self.renewal is not None and self.renewal.due():
+                log("renewal: certificate due, ending the session to renew it")
+                return False
 
     def run(self):
+        try:
+            from umqtt.simple import MQTTClient, MQTTException
+        except ImportError:
+            log("umqtt.simple is not on this board (ESP32/ESP8266 firmware freezes it): "
+                "mip.install('umqtt.simple') or `mpremote mip install umqtt.simple`")
+            return False
         b = self.cfg["broker"]
         host, port = b["host"], b["port"]
         base, cap = self.cfg.get("backoff", (1, 60))
@@ -274,8 +192,10 @@ class Device:
         failures = 0
         budget = self.cfg.get("messages", 0)
         while not budget or self.sent < budget:
+            if self.renewal is not None:
+                self.renewal.check()
             try:
-                self.session(host, port)
+                self.session(MQTTClient, host, port)
                 failures = 0
                 continue
             except tlsguard.TLSError as e:
@@ -283,8 +203,9 @@ class Device:
                     log("first contact with %s: %s" % (host, e.detail))
                     continue
                 log_tls_error(e, host, port)
-            except (MQTTError, OSError) as e:
-                log("connection lost: %r" % (e,))
+            except (OSError, MQTTException, AssertionError, IndexError, MemoryError) as e:
+                # What umqtt.simple raises when a connection fails: see lost()
+                log("connection lost: %s" % lost(e))
             failures += 1
             if max_failures and failures >= max_failures:
                 log("giving up after %d failed connections" % failures)
@@ -294,6 +215,144 @@ class Device:
             time.sleep(delay)
         log("sent %d messages" % self.sent)
         return True
+
+
+# What umqtt.simple's CONNACK and SUBACK codes mean (it raises MQTTException(code)).
+_REFUSED = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
+            4: "bad user name or password", 5: "not authorized", 0x80: "subscription refused"}
+
+
+def lost(e):
+    """A sentence for what umqtt.simple raised: OSError from the socket (OSError(-1) at end of
+    stream), MQTTException (refused CONNACK/SUBACK), AssertionError (an answer that is not the
+    expected CONNACK/SUBACK), IndexError (read(1)[0] when the broker hangs up mid-packet),
+    MemoryError (it reads whole packets, with no size cap)."""
+    if type(e).__name__ == "MQTTException":
+        code = e.args[0] if e.args else None
+        return "the broker refused: %s (code %r)" % (_REFUSED.get(code, "unknown reason"), code)
+    if isinstance(e, IndexError) or isinstance(e, OSError) and e.args and e.args[0] == -1:
+        return "the broker closed the connection"
+    if isinstance(e, AssertionError):
+        return "the broker's answer is not the expected MQTT acknowledgement"
+    if isinstance(e, MemoryError):
+        return "a packet larger than the free heap (limit the broker's max_packet_size)"
+    return "%s %s" % (type(e).__name__, e)
+
+
+class _Alone:
+    """The store lock of a port without threads: nothing runs beside the caller."""
+
+    def acquire(self, wait=1):
+        return True
+
+    def release(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def store_lock():
+    """One lock for everything that writes the credential store: CredentialStore is not
+    thread-safe (one staged set, one manifest.new), and the pages and the MQTT loop (or the
+    renewal thread) both write it."""
+    try:
+        import _thread
+    except ImportError:
+        return _Alone()
+    return _thread.allocate_lock()
+
+
+def close(c, connected):
+    """End a session. DISCONNECT only on a working connection (never in clear to a server whose
+    TLS handshake failed); a dead socket's error must not hide the one that ended the session."""
+    if c.sock is None:
+        return
+    try:
+        if connected:
+            c.disconnect()
+    except Exception:
+        pass
+    try:
+        c.sock.close()
+    except Exception:
+        pass
+
+
+class Renewal:
+    """Renews the device certificate in the credential store over EST (config.json "est": {"url":
+    ..., "ca": DER of the EST server's root (else the store's roots), "percent": 33, "jitter": 10,
+    "backoff": [300, 21600]}) when tlsguard.renew.RenewalPolicy says it is due. A refused or
+    failed renewal keeps the working credentials (identity.renew stages, trials, rolls back) and
+    is tried again after a doubling delay."""
+
+    def __init__(self, cfg, store, lock):
+        from tlsguard.est import EST
+        from tlsguard.renew import RenewalPolicy
+        est = cfg["est"]
+        self.store = store
+        self.lock = lock  # main.store_lock(): held while renewing
+        self.policy = RenewalPolicy(est.get("percent", 33), est.get("jitter", 10))
+        ctx = tlsguard.SecureContext(cadata=read(est["ca"]) if est.get("ca") else None, store=store,
+                                     time_servers=time_servers(cfg))
+        self.est = EST(est["url"], ctx, timeout=est.get("timeout", 30))
+        self.backoff = est.get("backoff", (300, 21600))
+        self.failures = 0
+        self.retry_at = 0
+        self._seen = None  # (store generation, renew_at) of the active certificate
+        at = self.renew_at()
+        log("renewal: %s" % ("no device certificate in the store to renew" if at is None else
+                             "due from %s (%s)" % (tlsguard.platform.date(at), self.est.url)))
+
+    def renew_at(self):
+        """When the active certificate is due (tlsguard.platform.now() seconds), None without one."""
+        gen = self.store.generation
+        if self._seen is None or self._seen[0] != gen:
+            active = self.store.active()
+            identity = active.identity if active is not None else None
+            self._seen = (gen, self.policy.renew_at(identity[0]) if identity else None)
+        return self._seen[1]
+
+    def due(self):
+        at = self.renew_at()
+        return at is not None and tlsguard.platform.now() >= max(at, self.retry_at)
+
+    def check(self):
+        """Renew if due. Blocking (a key, a CSR, two mutual-TLS requests): call it where nothing
+        waits on it (the MQTT loop between sessions, or a thread of its own)."""
+        if not self.due():
+            return False
+        from tlsguard import identity
+        from tlsguard.est import ESTError
+        log("renewal: certificate due, asking %s" % self.est.url)
+        try:
+            with self.lock:
+                version = identity.renew(self.est, self.store)
+        except (ESTError, OSError, ValueError, MemoryError) as e:
+            self.failures += 1
+            base, cap = self.backoff
+            delay = max(min(cap, base * 2 ** (self.failures - 1)), getattr(e, "retry_after", 0) or 0)
+            self.retry_at = tlsguard.platform.now() + delay
+            log("renewal failed (%s): keeping credentials version %d; next try in %d s"
+                % (e if isinstance(e, ESTError) else "%s %s" % (type(e).__name__, e), self.store.version, delay))
+            return False
+        self.failures = 0
+        self.retry_at = 0
+        cert = tlsguard.Certificate(self.store.active().identity[0])
+        log("renewal: credentials version %d, certificate %x valid until %s"
+            % (version, cert.serial, tlsguard.platform.date(cert.not_valid_after)))
+        return True
+
+    def forever(self):
+        """check() whenever due, for a device without an MQTT loop to call it."""
+        while True:
+            self.check()
+            at = self.renew_at()
+            left = 3600 if at is None else max(at, self.retry_at) - tlsguard.platform.now()
+            time.sleep(min(3600, max(1, left)))
 
 
 class WebUI:
@@ -352,8 +411,13 @@ class WebUI:
         if self.operators and tlsguard.spki_pin(req.client.der) not in self.operators:
             raise HTTPError(403, "certificate '%s' is not one of this device's operators" % req.client.subject)
         store = self.device.store
-        if store is not None and store.trial and req.generation == store.generation:
-            store.confirm()
+        # Never wait for the lock here: the pages would stall behind a renewal (confirmed on a
+        # later request instead).
+        if store is not None and store.trial and req.generation == store.generation and self.device.lock.acquire(0):
+            try:
+                store.confirm()
+            finally:
+                self.device.lock.release()
             log("https: credentials version %d confirmed by operator '%s'" % (store.version, req.client.subject))
 
     def credentials(self, req):
@@ -363,11 +427,16 @@ class WebUI:
         self._operator(req)
         if self.device.store is None:
             raise HTTPError(404, "this device has no credential store")
+        if not self.device.lock.acquire(0):
+            raise HTTPError(503, "the credential store is busy (a renewal or an update is being applied): "
+                                 "try again shortly")
         try:
             version = self.device.store.apply(req.body, key=self.device.key, device=self.device.id)
             self.device.store.activate()
         except ValueError as e:  # StoreError: the store is unchanged
             raise HTTPError(400, "package refused: %s" % e)
+        finally:
+            self.device.lock.release()
         log("https: credentials version %d activated by '%s'" % (version, req.client.subject))
         self.device.rotated = True
         return 200, "application/json", json.dumps({"version": version, "trial": self.device.store.trial})
@@ -429,9 +498,11 @@ def main(path="config.json"):
     device = Device(cfg)
     if cfg.get("https"):
         web = WebUI(device, cfg["https"])
-        if not cfg.get("broker"):
-            return web.run()
         import _thread
+        if not cfg.get("broker"):
+            if device.renewal is not None:
+                _thread.start_new_thread(device.renewal.forever, ())
+            return web.run()
         _thread.start_new_thread(web.run, ())
     return device.run()
 

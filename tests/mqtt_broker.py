@@ -13,6 +13,16 @@ import time
 import servers
 
 TLSGUARD = os.path.join(os.path.dirname(sys.executable), "tlsguard")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# micropython-lib's umqtt.simple as users get it, unmodified (tools/fetch_clients.py, at setup).
+MPYLIB = os.path.join(ROOT, ".venv", "mpylib")
+
+
+def firmware_env(**extra):
+    """Environment for main.py on the PyPI unix port: tlsguard from lib/, main.py's folder and the
+    unmodified umqtt.simple (the ESP32/ESP8266 firmware and the 32-bit test firmware freeze it)."""
+    path = ":".join((".frozen", os.path.join(ROOT, "lib"), ROOT, MPYLIB))
+    return dict(os.environ, MICROPYPATH=path, **extra)
 
 
 class FleetCA:
@@ -172,7 +182,7 @@ class Subscriber:
 
 SOAK = """
 import gc, sys, time, tlsguard
-from main import MQTTClient
+from umqtt.simple import MQTTClient
 cycles, port, every = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 rd = lambda p: open(p, "rb").read()
 ctx = tlsguard.SecureContext(cadata=rd("ca.der"), pins={"localhost": [open("pin.txt").read().strip(),
@@ -219,8 +229,7 @@ def soak(workdir, broker, server_root, inter, device, cycles=1000, restart_at=50
                        ("soak.py", SOAK.encode())):
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (os.path.join(root, "lib"), root))
+    env = firmware_env()
     exe = os.path.join(os.path.dirname(sys.executable), "micropython")
     proc = subprocess.Popen([exe, "soak.py", str(cycles), str(broker.port), str(every)], cwd=folder, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -353,8 +353,8 @@ emit({"state": state(st), "report": st.report, "min": st.min_version})
 
 # ---- through the broker: what any MQTT client that may publish to the topic can send ----------
 
-from mqtt_broker import broker, broker_pki, fleet, read, subscriber  # noqa: E402,F401 (fixtures)
-from conftest import LIB, MICROPYTHON, ROOT  # noqa: E402
+from mqtt_broker import broker, broker_pki, firmware_env, fleet, read, subscriber  # noqa: E402,F401 (fixtures)
+from conftest import MICROPYTHON, ROOT  # noqa: E402
 
 
 class Lines:
@@ -396,7 +396,7 @@ def test_broker_client_cannot_replace_credentials(tmp_path, broker, broker_pki, 
         "identity": ["certs/device.crt", "certs/device.key"], "store": "store", "package_key": KEY.hex(),
         "interval": 0.2, "messages": 0, "max_failures": 3}))
     telemetry = subscriber("devices/sensor-1/telemetry")
-    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (LIB, ROOT))
+    env = firmware_env()
     proc = subprocess.Popen([MICROPYTHON, "-c", "import main; main.main()"], cwd=str(board), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -56,18 +56,20 @@ emit(out)
 
 
 class ESTServer:
-    """`tlsguard ca serve --port 0` as a process; `url`, `log()`, `close()`."""
+    """`tlsguard ca serve --port 0` as a process; `url`, `log()`, `close()`. `passphrase`: the
+    environment giving the CA key's passphrase ({} for a CA made with --no-passphrase)."""
 
-    def __init__(self, folder, *args):
+    def __init__(self, folder, *args, passphrase=PW):
         self.errfile = open(os.path.join(str(folder), "serve-%d.log" % id(self)), "w+")
-        env = dict(os.environ, **PW)
+        env = dict(os.environ, **passphrase)
         self.proc = subprocess.Popen([TLSGUARD, "ca", "serve", "--port", "0", *args], cwd=str(folder), env=env,
                                      stdout=subprocess.PIPE, stderr=self.errfile, text=True)
         line = self.banner = self.proc.stdout.readline()
         m = re.search(r"https://127\.0\.0\.1:(\d+)/", line)
         if not m:
+            log = self.log()
             self.close()
-            raise RuntimeError("tlsguard ca serve did not start: %s %s" % (line, self.log()))
+            raise RuntimeError("tlsguard ca serve did not start: %s %s" % (line, log))
         self.port = int(m.group(1))
         self.url = "https://localhost:%d" % self.port
 

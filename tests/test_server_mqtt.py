@@ -7,8 +7,8 @@ import socket
 import ssl
 import subprocess
 
-from conftest import LIB, MICROPYTHON, ROOT
-from mqtt_broker import board_certs, broker, broker_pki, fleet, subscriber  # noqa: F401 (fixtures)
+from conftest import MICROPYTHON, ROOT
+from mqtt_broker import board_certs, broker, broker_pki, firmware_env, fleet, subscriber  # noqa: F401 (fixtures)
 
 
 def test_mqtt_and_https_together(tmp_path, broker, broker_pki, fleet, subscriber):
@@ -19,7 +19,7 @@ def test_mqtt_and_https_together(tmp_path, broker, broker_pki, fleet, subscriber
         "interval": 0.3, "messages": 200, "backoff": [0.5, 2], "max_failures": 3,
         "https": {"host": "127.0.0.1", "port": 0}}))
     sub = subscriber("devices/sensor-1/telemetry")
-    env = dict(os.environ, MICROPYPATH=".frozen:" + LIB)
+    env = firmware_env()
     proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=str(board), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -13,7 +13,9 @@ def test_soak_1000_cycles_with_broker_restart(tmp_path, broker, broker_pki, flee
     assert samples[-1][0] == CYCLES, out[-3000:]
     # The restart was noticed (a refused TCP connect or a cut connection) and survived.
     assert fails and len(fails) < 50, fails
-    assert all(f.split()[2] in ("TLSError", "MQTTError", "OSError") for f in fails), fails
+    # umqtt.simple's ways of failing: the socket's errors, a bad or missing CONNACK
+    assert all(f.split()[2] in ("TLSError", "OSError", "MQTTException", "AssertionError", "IndexError")
+               for f in fails), fails
     assert "failures %d" % len(fails) in out
     # Flat between checkpoints on either side of the restart. The first failure imports the
     # diagnosis code and the full certificate parser once (a step of about 23 KB of code compiled

@@ -14,8 +14,8 @@ import pytest
 import ntp_servers
 import packages
 import pki
-from conftest import LIB, MICROPYTHON, ROOT
-from mqtt_broker import broker, broker_pki, fleet, read, subscriber  # noqa: F401 (fixtures)
+from conftest import MICROPYTHON
+from mqtt_broker import broker, broker_pki, firmware_env, fleet, read, subscriber  # noqa: F401 (fixtures)
 from tlsguard_host import bundle
 
 KEY = b"per-device secret for sensor-1"
@@ -46,7 +46,7 @@ def test_clock_2000_to_rotated_credentials(tmp_path, chrony, broker, broker_pki,
         "package_key": KEY.hex(), "time_servers": [["127.0.0.1", chrony.port]],
         "interval": 0.3, "messages": MESSAGES, "backoff": [0.5, 2], "max_failures": 3}))
     sub = subscriber("devices/sensor-1/telemetry")
-    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (LIB, ROOT), **ntp_servers.faketime_env(tmp_path))
+    env = firmware_env(**ntp_servers.faketime_env(tmp_path))
     proc = subprocess.Popen([MICROPYTHON, "-c", "import boot, main; main.main()"], cwd=str(board), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

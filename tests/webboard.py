@@ -12,8 +12,9 @@ import threading
 import time
 
 import pki
-from conftest import LIB, MICROPYTHON, ROOT
+from conftest import MICROPYTHON, ROOT
 from fakeboard import tlsguard
+from mqtt_broker import firmware_env
 
 PW = {"TLSGUARD_CA_PASSPHRASE": "correct horse"}
 KEY = "5a" * 32
@@ -84,40 +85,16 @@ class Fleet:
         return x509.load_pem_x509_certificate(self.device_certs[version])
 
 
-class WebBoard:
-    """main.py serving its pages from `folder` (the board's flash). .port (status page, public),
-    .operator_port (config, operator certificates), .lines (its output), wait_log(pattern).
-    `env`: extra environment for main.py (not for provisioning the store)."""
+class MainPy:
+    """main.py (the example firmware) running from `folder`, the board's flash, with `env` added to
+    its environment: .lines (its output), wait_log(pattern), stop()."""
 
-    def __init__(self, folder, fleet, timeout=3, extra=None, env=None):
-        self.folder = str(folder)
-        os.makedirs(self.folder, exist_ok=True)
-        import shutil
-        shutil.copy(fleet.packages[1], os.path.join(self.folder, "v1.pkg"))
-        shutil.copy(fleet.operator_ca_der, os.path.join(self.folder, "operator-ca.der"))
-        cfg = {"device_id": DEVICE, "store": "store", "package_key": KEY,
-               "https": {"host": "127.0.0.1", "port": 0, "operator_port": 0, "operator_ca": "operator-ca.der",
-                         "timeout": timeout}}
-        cfg["https"].update(extra or {})
-        with open(os.path.join(self.folder, "config.json"), "w") as f:
-            json.dump(cfg, f)
-        run_env, env = env, dict(os.environ, MICROPYPATH=".frozen:" + LIB)
-        with open(os.path.join(self.folder, "provision.py"), "w") as f:
-            f.write(PROVISION % KEY)
-        r = subprocess.run([MICROPYTHON, "provision.py"], cwd=self.folder, env=env, capture_output=True,
-                           text=True, timeout=60)
-        assert "provisioned 1" in r.stdout, r.stdout + r.stderr
+    def __init__(self, folder, env=None):
         self.lines = []
-        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=self.folder,
-                                     env=dict(env, **(run_env or {})),
+        self.proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "main.py")], cwd=str(folder),
+                                     env=firmware_env(**(env or {})),
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._pump, daemon=True).start()
-        try:
-            self.port = int(self.wait_log(r"serving the status page on port (\d+)").group(1))
-            self.operator_port = int(self.wait_log(r"serving config to operators on port (\d+)").group(1))
-        except BaseException:
-            self.stop()
-            raise
 
     def _pump(self):
         for line in self.proc.stdout:
@@ -144,6 +121,37 @@ class WebBoard:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class WebBoard(MainPy):
+    """main.py serving its pages from `folder` (the board's flash). .port (status page, public),
+    .operator_port (config, operator certificates), .lines (its output), wait_log(pattern).
+    `env`: extra environment for main.py (not for provisioning the store)."""
+
+    def __init__(self, folder, fleet, timeout=3, extra=None, env=None):
+        self.folder = str(folder)
+        os.makedirs(self.folder, exist_ok=True)
+        import shutil
+        shutil.copy(fleet.packages[1], os.path.join(self.folder, "v1.pkg"))
+        shutil.copy(fleet.operator_ca_der, os.path.join(self.folder, "operator-ca.der"))
+        cfg = {"device_id": DEVICE, "store": "store", "package_key": KEY,
+               "https": {"host": "127.0.0.1", "port": 0, "operator_port": 0, "operator_ca": "operator-ca.der",
+                         "timeout": timeout}}
+        cfg["https"].update(extra or {})
+        with open(os.path.join(self.folder, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        with open(os.path.join(self.folder, "provision.py"), "w") as f:
+            f.write(PROVISION % KEY)
+        r = subprocess.run([MICROPYTHON, "provision.py"], cwd=self.folder, env=firmware_env(), capture_output=True,
+                           text=True, timeout=60)
+        assert "provisioned 1" in r.stdout, r.stdout + r.stderr
+        super().__init__(self.folder, env)
+        try:
+            self.port = int(self.wait_log(r"serving the status page on port (\d+)").group(1))
+            self.operator_port = int(self.wait_log(r"serving config to operators on port (\d+)").group(1))
+        except BaseException:
+            self.stop()
+            raise
 
 
 def client_context(fleet, operator=None):

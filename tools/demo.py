@@ -22,7 +22,7 @@ def run_board(board, cfg):
     """boot.py then main.py in one interpreter, as a board runs them, with config.json in its flash."""
     with open(os.path.join(board, "config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
-    env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (os.path.join(ROOT, "lib"), ROOT))
+    env = mqtt_broker.firmware_env()
     micropython = os.path.join(os.path.dirname(sys.executable), "micropython")
     sys.stdout.flush()
     return subprocess.call([micropython, "-c", "import boot, main; main.main()"], cwd=board, env=env,

@@ -1,7 +1,8 @@
 """CredentialStore: the device's TLS credentials on flash (client identity, private roots, trust
 bundle, pin sets) kept as versioned sets under one manifest. Owns the sets' life: staging
 (checked by staging.py), the atomic switch, the trial that rolls back by itself, and boot
-verification. The folder's files and their layout: storefiles.py.
+verification. The folder's files and their layout: storefiles.py. Not thread-safe: a program
+that writes it from two threads holds one lock around each write (main.py's store_lock).
 """
 import json
 import os
