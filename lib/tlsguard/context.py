@@ -142,6 +142,10 @@ class SecureContext:
         store = self.store
         if store is None or store.generation == self._store_gen:
             return
+        # The set's objects outlive many handshakes: made after a collection, below the garbage
+        # (see wrap_socket), and the previous set's mbedTLS context is garbage by then.
+        self._idle = None
+        gc.collect()
         anchors, identity, pins, trust, cache = self._given
         active = store.active()
         if active is not None:
@@ -155,7 +159,6 @@ class SecureContext:
                 trust, cache = TrustStore(active.bundle_path), cache or store.path + ".hosts"
         self.anchors, self.identity, self.pins = anchors, identity, pins
         self._use_trust(trust, cache)
-        self._idle = None  # built with the previous set's identity and anchors
         self._store_gen = store.generation
 
     def _anchors_for(self, host, pinset):
