@@ -164,10 +164,13 @@ class Subscriber:
             self.messages.append((msg.topic, msg.payload))
             self._cond.notify_all()
 
-    def wait_for(self, n, timeout=20):
-        """The first n messages, waiting up to `timeout` seconds for them."""
+    def wait_for(self, n, timeout=20, payload=None):
+        """The first n messages (and one with `payload`, if given), waiting up to `timeout`
+        seconds for them."""
+        def ready():
+            return len(self.messages) >= n and (payload is None or any(p == payload for _, p in self.messages))
         with self._cond:
-            self._cond.wait_for(lambda: len(self.messages) >= n, timeout)
+            self._cond.wait_for(ready, timeout)
             return list(self.messages)
 
     def publish(self, topic, payload, qos=1, retain=False):

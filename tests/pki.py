@@ -16,6 +16,8 @@ DAY = datetime.timedelta(days=1)
 def new_key(kind="ec"):
     if kind == "ec":
         return ec.generate_private_key(ec.SECP256R1())
+    if kind == "ec384":
+        return ec.generate_private_key(ec.SECP384R1())
     if kind == "rsa":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     raise ValueError(kind)
@@ -188,12 +190,12 @@ class CA(Issued):
 
 
 def _sign(builder, key, sig="sha256"):
-    """sig: "sha256"; "pss" (RSA-PSS, which this mbedTLS build lacks: it refuses the certificate);
-    "sha3" (SHA3-256, whose OID mbedTLS does not know: it skips the certificate)."""
+    """sig: "sha256", "sha384"; "pss" (RSA-PSS, which this mbedTLS build lacks: it refuses
+    the certificate); "sha3" (SHA3-256, whose OID mbedTLS does not know: it skips the certificate)."""
     if sig == "pss":
         return builder.sign(key, hashes.SHA256(), rsa_padding=padding.PSS(
             mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH))
-    return builder.sign(key, hashes.SHA3_256() if sig == "sha3" else hashes.SHA256())
+    return builder.sign(key, {"sha3": hashes.SHA3_256(), "sha384": hashes.SHA384()}.get(sig, hashes.SHA256()))
 
 
 def self_signed_leaf(hosts=("localhost", "127.0.0.1"), kind="ec", **kw):

@@ -738,3 +738,42 @@ def test_cn_fallback_never_overrides_a_san(mpy, peers, root_ca):
                   % (pyrepr(root_ca.der), attacker.port))
     refused(r, "hostname_mismatch", "it names DNS:other.example, not 'localhost'")
     assert attacker.received == []
+
+
+@pytest.mark.parametrize("via", ["wrap_socket", "asyncio"])
+@pytest.mark.parametrize("kind,forger", [("ec", "ec"), ("rsa", "rsa"), ("rsa", "ec")])
+def test_first_contact_forged_leaf_naming_a_real_intermediate(mpy, peers, tmp_path, root_ca, via, kind, forger):
+    """First contact through a bare wrap_socket or asyncio with a trust store: the attacker's
+    own leaf names a real intermediate as its issuer and presents that intermediate (public),
+    signed with a key of the same type or of another (which no key of that type verifies).
+    The device checks the leaf's signature against the intermediate's key itself: refused at
+    once as a bad signature (no retry, nothing learned), and the secret never leaves."""
+    from tlsguard_host import bundle
+    path = tmp_path / "roots.bin"
+    path.write_bytes(bundle.build([root_ca.cert], int(pki.NOW.timestamp()) - 86400))
+    real = root_ca.intermediate("real %s intermediate" % kind, kind=kind)
+    attacker = peers(leaf(real.cert.subject, pki.new_key(forger), [x509.DNSName("localhost")], parents=[real]))
+    r = mpy.value(DEVICE + """
+import asyncio
+ctx = tlsguard.SecureContext(trust=tlsguard.TrustStore(%r), anchor_cache="hosts.bin")
+async def talk(port):
+    try:
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+        w.write(%r)
+        await w.drain()
+        return {"ok": True, "line": (await r.readline()).decode()}
+    except tlsguard.TLSError as e:
+        return {"ok": False, "kind": e.kind, "msg": str(e), "retry": e.retry}
+out = []
+for i in range(2):
+    out.append(wrap(ctx, %d, "localhost") if %r == "wrap_socket" else asyncio.run(talk(%d)))
+import os
+out.append("hosts.bin" in os.listdir())
+emit(out)
+""" % (str(path), SECRET + b"\n", attacker.port, via, attacker.port))
+    for x in r[:2]:
+        refused(x, "bad_certificate", "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard tests': "
+                "it does not verify with the key of its issuer 'CN=real %s intermediate" % kind)
+        assert x["retry"] is False
+    assert r[2] is False  # nothing written to flash
+    assert attacker.received == [] and attacker.handshakes == 0 and attacker.connections == 2

@@ -76,6 +76,16 @@ def _pss_leaf(root, inter):
     return rsa_inter.issue(kind="ec", sig="pss")
 
 
+def _policies(root, inter):
+    policy = x509.PolicyInformation(x509.ObjectIdentifier("2.23.140.1.2.1"), None)
+    return root.intermediate("policy inter", extra=[(x509.CertificatePolicies([policy]), True)]).issue()
+
+
+def _expired_inter(root, inter):
+    return root.intermediate("expired inter", not_before=pki.NOW - 40 * pki.DAY,
+                             not_after=pki.NOW - 2 * pki.DAY).issue()
+
+
 def _control_names(root, inter):
     return inter.issue(hosts=("a\x00b.example", "evil\x1b[2J.example"), cn="x\x07y")
 
@@ -100,6 +110,17 @@ TLS_ROWS = {
                   "(2.16.840.1.101.3.4.3.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
     "pss_leaf": (_pss_leaf, "bad_certificate", 0, "unsupported signature algorithm RSASSA-PSS "
                  "(1.2.840.113549.1.1.10) on the leaf 'CN=localhost,O=tlsguard tests'"),
+    "policies": (_policies, "bad_certificate", 1, "critical certificatePolicies extension on the certificate at "
+                 "depth 1 'CN=policy inter,O=tlsguard tests' names policy 2.23.140.1.2.1: this build enforces only "
+                 "anyPolicy (2.5.29.32.0) in a critical one"),
+    "expired": (lambda root, inter: inter.issue(not_before=pki.NOW - 40 * pki.DAY, not_after=pki.NOW - 2 * pki.DAY),
+                "expired", 0, "certificate 'CN=localhost,O=tlsguard tests' expired on %s (device clock "
+                % (pki.NOW - 2 * pki.DAY).date()),
+    "expired_inter": (_expired_inter, "expired", 1, "certificate 'CN=expired inter,O=tlsguard tests' expired on %s "
+                      "(device clock " % (pki.NOW - 2 * pki.DAY).date()),
+    "not_yet_valid": (lambda root, inter: inter.issue(not_before=pki.NOW + 5 * pki.DAY), "not_yet_valid", 0,
+                      "certificate 'CN=localhost,O=tlsguard tests' is valid from %s, device clock says "
+                      % (pki.NOW + 5 * pki.DAY).date()),
     "control_names": (_control_names, "hostname_mismatch", 0, "the certificate is not valid for 'localhost': it "
                       "names DNS:a\\x00b.example, DNS:evil\\x1b[2J.example, not 'localhost'"),
 }
@@ -107,6 +128,13 @@ TLS_ROWS = {
 
 def device(mpy, code):
     return mpy.value(DEVICE + code)
+
+
+def device_all(mpy, code):
+    """Every value the device code emits."""
+    r = mpy.run(DEVICE + code)
+    assert r.returncode == 0 and r.results, r.output
+    return r.results
 
 
 def doctor(port, root_pem, *extra):
@@ -142,6 +170,77 @@ def test_each_broken_chain_names_its_cause(row, mpy, serve, root, inter, root_pe
     assert got[2].startswith(message), got
     assert not re.search(r"[\x00-\x1f\x7f-\x9f]", got[2])
     _same(doctor(srv.port, root_pem), got, "all")
+
+
+@pytest.mark.parametrize("case", ["pathlen", "no_keycertsign"])
+def test_an_anchor_that_may_not_issue_the_chain(case, mpy, serve, tmp_path):
+    """mbedTLS does not link a trusted root that may not issue the chain (pathLen 0 above an
+    intermediate, keyUsage without keyCertSign): named as such by connect(), a bare wrap_socket
+    and doctor, not as another CA of the same name nor as running out of memory."""
+    anchor = pki.CA("strict root", **({"path_length": 0} if case == "pathlen" else {"key_cert_sign": False}))
+    srv = serve(anchor.intermediate("below strict root").issue())
+    message = {"pathlen": "path length exceeded at depth 2: 'CN=strict root,O=tlsguard tests' allows 0 CA "
+                          "certificate(s) below it (pathLen), the chain has 1",
+               "no_keycertsign": "certificate at depth 2 'CN=strict root,O=tlsguard tests' may not issue "
+                                 "certificates (its keyUsage lacks keyCertSign) but issued the certificate at "
+                                 "depth 1"}[case]
+    full, bare = device_all(mpy, "emit(connect(%d, cadata=%s))\nemit(wrap(%d, tlsguard.SecureContext(cadata=%s)))"
+                            % (srv.port, pyrepr(anchor.der), srv.port, pyrepr(anchor.der)))
+    assert full == ["bad_certificate", 2, message], full
+    assert bare == full + [False], bare
+    pem = tmp_path / "strict.pem"
+    pem.write_bytes(anchor.pem)
+    _same(doctor(srv.port, pem), full, "all")
+
+
+@pytest.mark.parametrize("cn", ["localhost", "other.example"])
+def test_cn_fallback_predicted_by_doctor(cn, mpy, serve, inter, root, root_pem):
+    """A leaf without any SAN: with cn_fallback the device matches its CN, and `tlsguard doctor
+    --cn-fallback` predicts the same outcome and message."""
+    srv = serve(inter.issue(hosts=(), cn=cn))
+    got = device(mpy, "emit(connect(%d, cadata=%s, cn_fallback=True))" % (srv.port, pyrepr(root.der)))
+    r = tlsguard("doctor", "127.0.0.1:%d" % srv.port, "--name", "localhost", "--no-bundle", "--cafile", root_pem,
+                 "--cn-fallback", timeout=120)
+    if cn == "localhost":
+        assert got is None and r.returncode == 0 and "device would get: no error" in r.stdout, (got, r.stdout)
+    else:
+        assert got == ["hostname_mismatch", 0, "the certificate is not valid for 'localhost': it has no "
+                       "subjectAltName and its subject CN does not name 'localhost'"], got
+        _same(doctor(srv.port, root_pem, "--cn-fallback"), got, "all")
+
+
+STRANGER = "CN=stranger root,O=tlsguard tests"
+# name: (chain builder, depth, message with cadata, what a trust store adds)
+UNTRUSTED = {
+    "leaf_only": (lambda root: pki.CA("stranger root").issue(), 0, "no trusted root for issuer '%s' (the server "
+                  "sent no intermediate: it may be missing from its chain)" % STRANGER,
+                  "; it is not in the trust bundle (1 roots) nor in the 0 private roots"),
+    "with_intermediate": (lambda root: pki.CA("stranger root").intermediate("stranger inter").issue(), 1,
+                          "no trusted root for issuer '%s'" % STRANGER,
+                          "; it is not in the trust bundle (1 roots) nor in the 0 private roots"),
+    "self_signed": (lambda root: pki.self_signed_leaf(), 0, "self-signed certificate 'CN=localhost,O=tlsguard "
+                    "tests' is not trusted", "; it is not in the trust bundle (1 roots) nor in the 0 private roots"),
+    "same_name": (lambda root: pki.CA("diagnosis root").intermediate("impostor inter").issue(), 1,
+                  "no trusted root for issuer 'CN=diagnosis root,O=tlsguard tests' (a trusted root of that name is "
+                  "loaded but its key does not verify the signature: another CA with the same name, or a corrupted "
+                  "signature)", "; the trust store's anchors for it do not verify this chain"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(UNTRUSTED))
+def test_untrusted_chain_predicted_by_doctor(row, mpy, serve, root, root_pem, trust):
+    """With cadata (doctor --cafile --no-bundle) and with a trust bundle (doctor --bundle), the
+    device and doctor name the same untrusted top, in the same words."""
+    build, depth, message, store = UNTRUSTED[row]
+    srv = serve(build(root))
+    with_cadata, with_store = device_all(mpy, "emit(connect(%d, cadata=%s))\n" % (srv.port, pyrepr(root.der)) +
+                                         CONNECT % (srv.port, trust))
+    assert with_cadata == ["untrusted_root", depth, message], with_cadata
+    assert with_store == ["untrusted_root", depth, message + store], with_store
+    _same(doctor(srv.port, root_pem), with_cadata, "all")
+    r = tlsguard("doctor", "127.0.0.1:%d" % srv.port, "--name", "localhost", "--bundle", trust, timeout=120)
+    assert "device would get: untrusted_root (certificate depth %d): %s\n" % (depth, message + store) in r.stdout, \
+        r.stdout
 
 
 def test_unknown_leaf_algorithm_with_pins_is_not_called_interception(mpy, serve, root, inter, root_pem):
@@ -252,13 +351,100 @@ def test_first_contact_reports_anchor_independent_faults_at_once(case, kind, nee
     assert second[:3] == first[:3]
 
 
-def test_first_contact_signature_needs_the_anchor(mpy, serve, root, inter, trust):
-    """mbedTLS reports a bad signature and a missing anchor with one flag: the first handshake
-    learns the anchor (retry), the next names the bad signature."""
-    srv = serve(_bad_signature(root, inter))
+def _bad_link(chain, depth):
+    """`chain` (a leaf) with the signature of the certificate at `depth` broken."""
+    if depth == 0:
+        return pki.bad_signature(chain)
+    chain.parents[depth - 1] = pki.bad_signature(chain.parents[depth - 1])
+    return chain
+
+
+CONNECT = "emit(connect(%d, trust=tlsguard.TrustStore(%r)))\n"
+INTER_NAME = "CN=diagnosis inter,O=tlsguard tests"
+# name: (chain builder, depth of the bad signature, its message)
+BAD_LINKS = {
+    "ec_leaf": (lambda root, inter: _bad_signature(root, inter), 0,
+                "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard tests': it does not verify "
+                "with the key of its issuer '%s'" % INTER_NAME),
+    "rsa_leaf": (lambda root, inter: _bad_link(root.intermediate("rsa inter", kind="rsa").issue(kind="rsa"), 0), 0,
+                 "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard tests': it does not verify "
+                 "with the key of its issuer 'CN=rsa inter,O=tlsguard tests'"),
+    "p384_leaf": (lambda root, inter: _bad_link(root.intermediate("p384 inter", kind="ec384").issue(kind="ec"), 0),
+                  0, "bad signature on the certificate at depth 0 'CN=localhost,O=tlsguard tests': it does not "
+                  "verify with the key of its issuer 'CN=p384 inter,O=tlsguard tests'"),
+    "rsa_inter": (lambda root, inter: _bad_link(root.intermediate("rsa top", kind="rsa").intermediate(
+        "rsa below").issue(), 1), 1, "bad signature on the certificate at depth 1 'CN=rsa below,O=tlsguard tests': "
+        "it does not verify with the key of its issuer 'CN=rsa top,O=tlsguard tests'"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(BAD_LINKS))
+def test_first_contact_names_a_bad_signature_at_once(row, mpy, serve, root, inter, trust):
+    """With no anchor loaded mbedTLS reports a bad signature and a missing anchor with one flag;
+    the device checks the chain's signatures itself (RSA, ECDSA P-256/P-384) against the anchor
+    the trust store found: the bare wrap_socket names the link at once, with no retry, as
+    connect() does."""
+    build, depth, message = BAD_LINKS[row]
+    srv = serve(build(root, inter))
+    (first, second), by_connect = device_all(mpy, FIRST % (trust, srv.port, srv.port) + CONNECT % (srv.port, trust))
+    assert first == ["bad_certificate", depth, message, False], first
+    assert second == first and by_connect == first[:3], (second, by_connect)
+
+
+@pytest.mark.parametrize("row", ["rsa_inter", "p384_leaf"])
+def test_bad_signature_named_with_the_anchor_loaded(row, mpy, serve, root, inter):
+    """With cadata the chain reaches the anchor and mbedTLS says not trusted: the device finds
+    which link below it fails, also deeper than the leaf."""
+    build, depth, message = BAD_LINKS[row]
+    srv = serve(build(root, inter))
+    wrapped, connected = device_all(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))\n"
+                                    "emit(connect(%d, cadata=%s))" % (srv.port, pyrepr(root.der), srv.port,
+                                                                      pyrepr(root.der)))
+    assert wrapped == ["bad_certificate", depth, message, False], wrapped
+    assert connected == wrapped[:3]
+
+
+def test_first_contact_names_a_forged_anchor_link_at_once(mpy, serve, root, inter, trust):
+    """The top of the chain names a root of the bundle but is not signed by its key (another CA
+    with the same name): refused at once, no retry, in connect()'s words."""
+    leaf = inter.issue()
+    leaf.parents = [pki.bad_signature(inter)]
+    srv = serve(leaf)
+    (first, _), by_connect = device_all(mpy, FIRST % (trust, srv.port, srv.port) + CONNECT % (srv.port, trust))
+    assert first == ["untrusted_root", 1, "no trusted root for issuer 'CN=diagnosis root,O=tlsguard tests' (a "
+                     "trusted root of that name is loaded but its key does not verify the signature: another CA "
+                     "with the same name, or a corrupted signature); the trust store's anchors for it do not "
+                     "verify this chain", False], first
+    assert by_connect == first[:3]
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa", "ec384"])
+def test_first_contact_with_good_signatures_still_retries(kind, mpy, serve, root, trust):
+    srv = serve(root.intermediate("good inter", kind=kind).issue(kind="ec"))
     first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
-    assert first[0] == "untrusted_root" and first[3], first
-    assert second[:2] == ["bad_certificate", 0] and "bad signature" in second[2], second
+    assert first == ["untrusted_root", None, "anchor not loaded yet (first contact, or the server changed CA): found "
+                     "'CN=diagnosis root,O=tlsguard tests' in the trust store; the next connection will verify "
+                     "with it", True], first
+    assert second is None
+
+
+CANNOT_CHECK = ("; this device cannot check the signature at depth 0 (ecdsa-with-SHA384) itself: the next "
+                "connection will tell whether it verifies")
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_first_contact_signature_the_device_cannot_hash(broken, mpy, serve, root, inter, trust):
+    """MicroPython's hashlib has no SHA-384: the first error says the signature was not checked
+    and retries; the verifying handshake tells."""
+    leaf = inter.issue(sig="sha384")
+    srv = serve(pki.bad_signature(leaf) if broken else leaf)
+    first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
+    assert first[0] == "untrusted_root" and first[3] and first[2].endswith(CANNOT_CHECK), first
+    if broken:
+        assert second[:2] == ["bad_certificate", 0] and second[2].startswith("bad signature on the certificate "
+                                                                            "at depth 0"), second
+    else:
+        assert second is None
 
 
 def test_without_a_second_look_a_skipped_leaf_is_flagged(mpy, serve, root, inter):
@@ -268,6 +454,53 @@ def test_without_a_second_look_a_skipped_leaf_is_flagged(mpy, serve, root, inter
     got = device(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))" % (srv.port, pyrepr(root.der)))
     assert got[0] == "hostname_mismatch", got
     assert "certificate at depth 0 is a CA" in got[2] and "signature algorithm" in got[2]
+
+
+BARE = ("; a bare wrap_socket cannot read the chain again to tell: tlsguard.connect() or `tlsguard doctor "
+        "HOST:PORT` names it")
+UNLINKED = ("no trusted root for issuer '%s' (the server sent no certificate for it that mbedTLS would link: it "
+            "sent none, or one mbedTLS refused as an issuer (not a CA, no keyCertSign, path length)" + BARE + ")")
+UNPARSED = "a certificate the server sent could not be parsed: it "
+# row of TLS_ROWS or RAW_ROWS: (kind, depth, start of the message, its end)
+BARE_ROWS = {
+    "not_ca": ("untrusted_root", 0, UNLINKED % "CN=not a CA,O=tlsguard tests", ""),
+    "no_keycertsign": ("untrusted_root", 0, UNLINKED % "CN=no keyCertSign,O=tlsguard tests", ""),
+    "pathlen": ("untrusted_root", 1, UNLINKED % "CN=pathlen zero,O=tlsguard tests", ""),
+    "name_constraints": ("bad_certificate", None, UNPARSED + "has an extension this build cannot read: malformed, "
+                         "repeated, or one it does not support (e.g. a critical nameConstraints) "
+                         "(MBEDTLS_ERR_X509_INVALID_EXTENSIONS", BARE),
+    "policies": ("bad_certificate", None, UNPARSED + "uses a feature this build does not support (a critical "
+                 "extension it cannot enforce, e.g. certificatePolicies naming a policy) "
+                 "(MBEDTLS_ERR_X509_FEATURE_UNAVAILABLE (-8320))", BARE),
+    "pss_leaf": ("bad_certificate", None, UNPARSED + "has an algorithm this build does not know (e.g. RSA-PSS) "
+                 "(MBEDTLS_ERR_X509_INVALID_ALG (-8960))", BARE),
+    "garbage_intermediate": ("bad_certificate", None, UNPARSED + "is malformed (MBEDTLS_ERR_X509_INVALID_FORMAT", BARE),
+    "short": ("handshake_failed", None, "could not decode the server's handshake: a malformed Certificate message "
+              "(e.g. an entry too short to be a certificate), or this port does not speak TLS" + BARE, ""),
+}
+
+
+@pytest.mark.parametrize("row", sorted(BARE_ROWS))
+def test_bare_wrap_socket_says_what_it_knows(row, mpy, serve, root, inter):
+    """A bare wrap_socket cannot read the chain again, and mbedTLS drops what it refuses to link
+    or parse: the message says what is known (and no more: not "the server sent no
+    intermediate") and that connect() or doctor names the certificate; connect() does."""
+    kind, depth, start, end = BARE_ROWS[row]
+    srv = None
+    if row in RAW_ROWS:
+        srv = servers.RawTLSServer(RAW_ROWS[row][0](inter.issue(), inter))
+        port = srv.port
+    else:
+        port = serve(TLS_ROWS[row][0](root, inter)).port
+    try:
+        bare, full = device_all(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))\n"
+                                "emit(connect(%d, cadata=%s))" % (port, pyrepr(root.der), port, pyrepr(root.der)))
+    finally:
+        if srv is not None:
+            srv.close()
+    assert bare[:2] == [kind, depth] and bare[2].startswith(start) and bare[2].endswith(end), bare
+    named = RAW_ROWS[row][2] if row in RAW_ROWS else TLS_ROWS[row][3]
+    assert full[0] == "bad_certificate" and full[2].startswith(named), full
 
 
 def test_a_date_fault_comes_before_the_name(mpy, serve, root, inter, root_pem):
@@ -369,3 +602,43 @@ def test_trust_store_path_names_the_same_cause(row, mpy, serve, root, inter, tru
     srv = serve(build(root, inter), ciphers="DEFAULT:@SECLEVEL=0" if row == "sha3_leaf" else None)
     got = device(mpy, "emit(connect(%d, trust=tlsguard.TrustStore(%r)))" % (srv.port, trust))
     assert got[:2] == [kind, depth] and got[2].startswith(message), got
+
+
+# --- out of memory ------------------------------------------------------------------------------
+
+OOM = """
+import errno, tlsguard
+ctx = tlsguard.SecureContext(cadata=%s)
+try:
+    tlsguard.connect("localhost", %d, context=ctx, timeout=10).close()
+    emit(None)
+except tlsguard.TLSError as e:
+    emit([e.kind, e.depth, e.detail, e.errno == errno.ENOMEM])
+"""
+
+
+@pytest.mark.builds("fw32-rp2")
+def test_running_out_of_memory_is_named(mpy, serve, root):
+    """With mbedTLS on the GC heap (rp2, stm32) a handshake in a heap too small fails in mbedTLS
+    (ENOMEM, MPI_ALLOC_FAILED) or in its signature check, which then reads as a bad signature.
+    Every such failure says "memory" (errno ENOMEM), never network, untrusted_root or
+    handshake_failed: the heap sizes around the smallest that works, each in a fresh process."""
+    rsa = root.intermediate("memory inter", kind="rsa")  # RSA: big-number work in mbedTLS
+    srv = serve(rsa.issue())
+    code = OOM % (pyrepr(root.der), srv.port)
+
+    def attempt(heap):
+        r = mpy.run(code, heapsize=str(heap))
+        assert r.returncode == 0 and r.results, r.output  # always a TLSError, never an escaping MemoryError
+        return r.value
+    lo, hi = 8 * 1024, 160 * 1024
+    assert attempt(hi) is None
+    while hi - lo > 1024:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if attempt(mid) is None else (mid, hi)
+    failures = [attempt(heap) for heap in range(hi - 4096, hi + 1024, 256)] + [attempt(lo)]
+    failures = [f for f in failures if f is not None]
+    assert failures
+    for kind, depth, detail, enomem in failures:
+        assert kind == "memory" and enomem, (kind, depth, detail)
+        assert detail.startswith("out of memory"), detail

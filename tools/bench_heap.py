@@ -36,8 +36,8 @@ PYPI = os.path.join(os.path.dirname(sys.executable), "micropython")
 GOALS = {"import": 4096, "mpy_import": 16384, "first_contact": {"fw32": 24 * 1024},
          "first_contact_frozen": {"fw32": 24 * 1024},
          "flow": {"fw32": 20 * 1024, "fw32-rp2": 48 * 1024}}
-# tlsguard reports mbedTLS's ENOMEM from the socket layer as "socket error 12".
-MEMORY_FAILURES = ("MemoryError", "ALLOC_FAILED", "ENOMEM", "memory allocation failed", "socket error 12")
+# tlsguard reports running out of memory in mbedTLS as a TLSError of kind "memory" ("out of memory ...").
+MEMORY_FAILURES = ("MemoryError", "ALLOC_FAILED", "ENOMEM", "memory allocation failed", "out of memory")
 
 PRE = """
 import gc, os, sys

@@ -17,6 +17,8 @@ _KEYS = ("1.2.840.113549.1.1.1", "1.2.840.10045.2.1")
 _CRITICAL = ("2.5.29.19", "2.5.29.15", "2.5.29.37", "2.5.29.14", "2.5.29.35", "2.5.29.17",
              "2.16.840.1.113730.1.1", "2.5.29.32")
 _NAME_CONSTRAINTS = "2.5.29.30"
+_POLICIES = "2.5.29.32"
+_ANY_POLICY = "2.5.29.32.0"
 _SERVER_AUTH = "1.3.6.1.5.5.7.3.1"
 _ANY_EKU = "2.5.29.37.0"
 _OID_NAMES = {
@@ -47,6 +49,7 @@ class Facts(Certificate):
     def __init__(self, data):
         self.key_cert_sign = None  # None: no keyUsage extension
         self.eku = None
+        self.policies = []
         self.critical = []
         super().__init__(data)
         buf = self.der
@@ -69,6 +72,10 @@ class Facts(Certificate):
         elif oid == "2.5.29.37":
             ss, se = der.expect(buf, vs, ve, 0x30, "extKeyUsage")
             self.eku = [der.oid(buf, s2, e2) for _, s2, e2 in der.items(buf, ss, se)]
+        elif oid == _POLICIES:
+            ss, se = der.expect(buf, vs, ve, 0x30, "certificatePolicies")
+            for _, ps, pe in der.items(buf, ss, se):  # PolicyInformation: policyIdentifier first
+                self.policies.append(der.oid(buf, *der.expect(buf, ps, pe, 0x06, "policyIdentifier")))
 
     @property
     def name(self):
@@ -112,6 +119,11 @@ def presented_fault(raws, host, usage=True):
             if oid not in _CRITICAL:
                 return _err("critical extension %s on %s is not supported by this build"
                             % (_oid_name(oid), where), host, depth)
+            named = [p for p in f.policies if p != _ANY_POLICY]
+            if oid == _POLICIES and named:
+                return _err("critical certificatePolicies extension on %s names policy %s: this build "
+                            "enforces only anyPolicy (2.5.29.32.0) in a critical one" % (where, named[0]),
+                            host, depth)
     return chain_fault(facts, host, usage)
 
 
@@ -174,12 +186,23 @@ def recorded(hs):
 def bad_signature(facts, anchors, host):
     """The chain reached a loaded anchor yet mbedTLS said not trusted: a signature below it does
     not verify (a link into the anchor is checked while searching: a bad one is not linked at
-    all). facts: the recorded chain, leaf first."""
+    all), named by checking them here (sigcheck); if they all verify here, mbedTLS ran out of
+    memory checking one. facts: the recorded chain, leaf first."""
     n = len(facts)
     if n < 3 or facts[-1].der not in anchors:
         return None
-    if n == 3:
-        return TLSError("bad_certificate", "bad signature on the certificate at depth 0 '%s': it does "
-                        "not verify with the key of its issuer '%s'" % (facts[0].name, facts[1].name), host, 0)
-    return TLSError("bad_certificate", "bad signature on a certificate at depth 0 to %d: one does not "
-                    "verify with its issuer's key" % (n - 3), host, None)
+    from tlsguard import sigcheck
+    if n == 3:  # the leaf's link is the only one left
+        if sigcheck.signer(facts[0].der, [facts[1].der]) is not None:
+            return sigcheck.out_of_memory(0, facts[0].der, facts[1].der, host)
+        return sigcheck.bad_signature(0, facts[0].der, facts[1].der, host)
+    err, unchecked = sigcheck.bad_link([(i, f.der) for i, f in enumerate(facts[:-1])], host)
+    if err is None and not unchecked:
+        # Every link below the anchor verifies here: mbedTLS could not check one.
+        return TLSError("memory", "out of memory: mbedTLS refused a signature at depth 0 to %d, but each "
+                        "verifies on this device: mbedTLS most likely ran out of memory checking it" % (n - 3), host)
+    if err is None and len(unchecked) == 1:  # the one link this device could not check
+        depth = unchecked[0][0]
+        err = sigcheck.bad_signature(depth, facts[depth].der, facts[depth + 1].der, host)
+    return err or TLSError("bad_certificate", "bad signature on a certificate at depth 0 to %d: one does not "
+                           "verify with its issuer's key%s" % (n - 3, sigcheck.unchecked_note(unchecked)), host, None)

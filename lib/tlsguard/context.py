@@ -194,7 +194,9 @@ class SecureContext:
             try:
                 ctx.load_cert_chain(self.identity[0], self.identity[1])
             except (ValueError, OSError) as e:
-                raise TLSError("bad_certificate", "identity (client certificate/key) rejected: %s" % e)
+                from tlsguard.diagnose import memory
+                raise memory(e, None, "loading the identity") or TLSError(
+                    "bad_certificate", "identity (client certificate/key) rejected: %s" % e)
         return ctx
 
     def _take_tls(self, anchors):
@@ -237,36 +239,39 @@ class SecureContext:
             raise
         if self.mode == "insecure":
             print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % host)
-        anchors, learned = self._anchors_for(host, pinset)
-        # Where mbedTLS allocates on the GC heap (rp2, stm32), its 16 KB input buffer needs a free
-        # run that no live object splits. Collecting the garbage left so far (a clock sync, trust
-        # store lookups, the last connection, a stale mbedTLS context) before making what
-        # outlives this handshake (the mbedTLS context first, the largest) and before loading
-        # the connection code (with the first connection: a context made at boot holds less
-        # heap) puts all of it in the lowest free blocks, not among mbedTLS's buffers.
-        ctx = self._take_tls(anchors)
-        gc.collect()
-        if ctx is None:
-            try:
+        try:
+            anchors, learned = self._anchors_for(host, pinset)
+            # Where mbedTLS allocates on the GC heap (rp2, stm32), its 16 KB input buffer needs a
+            # free run that no live object splits. Collecting the garbage left so far (a clock
+            # sync, trust store lookups, the last connection, a stale mbedTLS context) before
+            # making what outlives this handshake (the mbedTLS context first, the largest) and
+            # before loading the connection code (with the first connection: a context made at
+            # boot holds less heap) puts all of it in the lowest free blocks, not among mbedTLS's
+            # buffers.
+            ctx = self._take_tls(anchors)
+            gc.collect()
+            if ctx is None:
                 ctx = self._new_tls(anchors)
-            except TLSError:
-                _close(sock)
-                raise
-        from tlsguard import floor  # noqa: F401 - for _verified, after the handshake
-        from tlsguard.handshake import Handshake
-        from tlsguard.tlssocket import TLSSocket
-        hs = Handshake(host, ip, pinset, self.identity is not None, anchors, learned, self.mode,
-                       self.cn_fallback)
-        hs.generation = self._store_gen  # the credential set this handshake presents
-        if _reopen is not None:
-            hs.refetch = (_reopen, self.ciphers)
-        ctx.verify_callback = hs.callback if self.mode != "insecure" else None
-        self.handshakes += 1
-        # Made before mbedTLS allocates its buffers: where those are on the GC heap (rp2, stm32),
-        # a socket object allocated among them would fragment the heap for the next connection.
-        tsock = TLSSocket(self, ctx, hs, None, sock)
-        tsock.generation = self._store_gen
-        tsock._unproven = self.store is not None and self.store.trial
+            from tlsguard import floor  # noqa: F401 - for _verified, after the handshake
+            from tlsguard.handshake import Handshake
+            from tlsguard.tlssocket import TLSSocket
+            hs = Handshake(host, ip, pinset, self.identity is not None, anchors, learned, self.mode,
+                           self.cn_fallback)
+            hs.generation = self._store_gen  # the credential set this handshake presents
+            if _reopen is not None:
+                hs.refetch = (_reopen, self.ciphers)
+            ctx.verify_callback = hs.callback if self.mode != "insecure" else None
+            self.handshakes += 1
+            # Made before mbedTLS allocates its buffers: where those are on the GC heap (rp2,
+            # stm32), a socket object allocated among them would fragment the heap for the next
+            # connection.
+            tsock = TLSSocket(self, ctx, hs, None, sock)
+            tsock.generation = self._store_gen
+            tsock._unproven = self.store is not None and self.store.trial
+        except Exception as e:  # noqa: BLE001 - running out of memory here is a TLSError too
+            _close(sock)
+            from tlsguard.diagnose import memory
+            raise memory(e, host, "before the handshake") or e
         try:
             tsock._sock = ctx.wrap_socket(sock, server_hostname=host,
                                           do_handshake_on_connect=do_handshake_on_connect)

@@ -37,6 +37,26 @@ _FLAGS = (
 # message it could not decode: the certificates themselves say what is wrong.
 _PARSE = (-0x7300, -0x7A00)
 _VERIFY_FAILED = -0x2700  # the flags did not fit MicroPython's 256-byte report
+# *_ALLOC_FAILED of mbedTLS modules (high-level part of a code: SSL, X509, PK, ECP, MD, CIPHER,
+# DHM, PEM) and of MPI and ASN.1 (low-level part: codes add up, e.g. RSA_PUBLIC_FAILED+MPI_...).
+_ALLOC_HIGH = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180, 0x3400, 0x1180)
+_ALLOC_LOW = (0x10, 0x6A)
+_ENOMEM = 12  # MP_ENOMEM on every port: MicroPython raises it for MBEDTLS_ERR_SSL_ALLOC_FAILED
+
+
+def _code(exc):
+    """The int error code an OSError carries (errno or mbedTLS's negative code), else 0."""
+    return exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
+
+
+def memory(exc, host=None, when="during the handshake"):
+    """The "memory" TLSError when `exc` says the device ran out of memory (a MemoryError, ENOMEM,
+    an mbedTLS *_ALLOC_FAILED code), else None."""
+    n = -_code(exc)
+    if isinstance(exc, MemoryError) or (not isinstance(exc, TLSError) and (
+            n == -_ENOMEM or (n > 0 and ((n & 0x7F) in _ALLOC_LOW or (n & 0xFF80) in _ALLOC_HIGH)))):
+        return TLSError("memory", "out of memory %s (%s)" % (when, _name(exc)), host)
+    return None
 
 
 def printable(text):
@@ -96,9 +116,21 @@ def _untrusted(hs, host, certs, anchors, note=None):
         return TLSError("untrusted_root", "root '%s' is not a trusted anchor%s" % (printable(top.subject), tail),
                         host, depth)
     detail = "no trusted root for issuer '%s'" % printable(top.issuer)
-    if any(Certificate(der).subject_der == top.issuer_der for der in anchors):
+    named = [der for der in anchors if Certificate(der).subject_der == top.issuer_der]
+    if named:
+        from tlsguard import sigcheck
+        signer = sigcheck.signer(top.der, named)
+        if signer is not None:
+            # Its key signed the top, yet mbedTLS did not link it: an anchor that may not issue
+            # this chain (CA flag, keyCertSign, pathLen), or verifying it ran out of memory.
+            from tlsguard import chaincheck
+            return (chaincheck.chain_fault(chaincheck.recorded(hs) + [chaincheck.Facts(signer)], host, False) or
+                    sigcheck.out_of_memory(depth, top.der, signer, host))
         detail += (" (a trusted root of that name is loaded but its key does not verify the signature: "
                    "another CA with the same name, or a corrupted signature)")
+    elif hs.refetch is None and host is not None:  # a bare wrap_socket: no second look
+        from tlsguard import unseen
+        detail += unseen.UNLINKED
     elif not top.is_ca:
         detail += " (the server sent no intermediate: it may be missing from its chain)"
     if note:
@@ -194,6 +226,11 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
     if isinstance(exc, TLSError):
         return exc
     host = hs.host if hs else None
+    if hs is not None and isinstance(hs.failure, MemoryError):  # raised inside the verify callback
+        exc = hs.failure
+    err = memory(exc, host)
+    if err is not None:
+        return err
     certs = _certs(hs) if hs else []
     if hs is not None and hs.failure is not None:
         err = hs.failure
@@ -206,7 +243,7 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
             err = _dates(hs, host, certs, floor) or err
         return err
     now = platform.now()
-    code = exc.args[0] if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], int) else 0
+    code = _code(exc)
     if code == _VERIFY_FAILED:
         # Too many flags for the report: the dates are checked here, the rest as "not trusted".
         text = "not correctly signed by the trusted CA"
@@ -267,6 +304,10 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
                 err = _presented(hs, host, True)
             if err is not None:
                 return err
+        if hs is not None and hs.refetch is None and host is not None and (
+                code == -0x7300 or -0x4000 < code <= -0x2000):
+            from tlsguard import unseen
+            return unseen.unparsed(code, _name(exc), host)
         if code in _BY_CODE:
             kind, detail = _BY_CODE[code]
             return TLSError(kind, detail, host)
@@ -282,7 +323,7 @@ def _name(exc):
     args = exc.args
     if len(args) > 1:
         return "%s (%s)" % (args[1], args[0])
-    errno_names = {104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED", 113: "EHOSTUNREACH",
-                   32: "EPIPE", 103: "ECONNABORTED", 107: "ENOTCONN"}
+    errno_names = {12: "ENOMEM", 104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED",
+                   113: "EHOSTUNREACH", 32: "EPIPE", 103: "ECONNABORTED", 107: "ENOTCONN"}
     code = args[0] if args else None
     return errno_names.get(code, str(code))

@@ -5,7 +5,8 @@ error: a device whose connections succeed never holds them in RAM).
 TLSError is an OSError, so the reconnect loops clients already have (umqtt.robust, mqtt_as,
 asyncio code catching OSError) retry it. Its errno says who ended the connection:
 ECONNREFUSED when the server refused the handshake (handshake_failed), ECONNRESET for the
-network (the detail names the socket error), EOPNOTSUPP for unsupported, and ECONNABORTED for
+network (the detail names the socket error), EOPNOTSUPP for unsupported, ENOMEM for memory (the
+device ran out of it), and ECONNABORTED for
 everything the device refused itself (certificate, pin, clock, protocol). Never EAGAIN,
 EINPROGRESS or ETIMEDOUT: clients take those for "try the same socket again" (mqtt_as's
 BUSY_ERRORS), which would hide the failure."""
@@ -18,6 +19,8 @@ def kind_errno(kind):
         return errno.ECONNREFUSED
     if kind == "network":
         return errno.ECONNRESET
+    if kind == "memory":
+        return errno.ENOMEM
     if kind == "unsupported":
         return errno.EOPNOTSUPP
     return errno.ECONNABORTED

@@ -30,7 +30,7 @@ class Handshake:
         self.accepted = False  # the leaf passed every check of ours
         self.generation = None  # the credential store generation this handshake presents
         self.chain = []
-        self.failure = None
+        self.failure = None  # the TLSError the callback decided (or the MemoryError it met)
         self.misnamed = None  # our name check's refusal, left for mbedTLS to end the handshake
         self.refetch = None  # (reopen, ciphers) from connect(): to read the chain again on failure
         self.presented = None  # (entries,) once that second look was taken: one per handshake
@@ -52,6 +52,9 @@ class Handshake:
                 elif hit:
                     self.pin_ok = True
             return self._leaf(raw) if depth == 0 else 0
+        except MemoryError as e:
+            self.failure = e  # diagnosed once mbedTLS has freed its memory: a TLSError now could fail too
+            return _ABORT
         except Exception as e:  # noqa: BLE001 - must not unwind through mbedTLS
             self.failure = TLSError("handshake_failed", "verify callback error: %r" % e, self.host, depth)
             return _ABORT

@@ -11,6 +11,7 @@ HINTS = (
     "weak_protocol", "The server offers only TLS below 1.2: upgrade the server's TLS configuration.",
     "bad_certificate", "The certificate at the depth named breaks a rule (issuer, path length, usage, signature) or uses what this device cannot check: reissue it.",
     "handshake_failed", "The server ended the handshake: check it accepts this device (client certificate, cipher suites) and its logs.",
+    "memory", "The device ran out of memory during the handshake: connect with more heap free (fewer live objects, fewer connections at once, gc.collect() first) or use a board with more RAM.",
     "network", "The network failed before TLS could finish: check Wi-Fi, DNS, the port and the server being up.",
     "unsupported", "This port cannot do what was asked (e.g. ESP8266's axTLS cannot verify certificates): use an ESP32 or another mbedTLS port.",
 )

@@ -46,7 +46,7 @@ class PinnedCAs:
         if hs.pin_ca is not None and getattr(err, "retry", False):
             self._remember(host, [hs.pin_ca, False])
             return err
-        if not hs.anchors or err.kind in ("network", "clock_unset"):
+        if not hs.anchors or err.kind in ("network", "clock_unset", "memory"):
             return err
         # The chain did not verify up to the pinned CA: not used for this host again in this
         # boot (the flash copy is left alone: an attacker must not be able to wear it out).

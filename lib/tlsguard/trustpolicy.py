@@ -90,13 +90,21 @@ class TrustPolicy:
                     "it is not in the trust bundle (%d roots) nor in the %d private roots"
                     % (len(self.trust), len(self.private)))
             return diagnose(exc, hs, hs.anchors, note, floor)
+        unchecked = ""
+        if hs.refetch is None:
+            # A bare wrap_socket: the chain's signatures are checked here, so that a bad one is
+            # named now, not after a retry (connect() retries at once: mbedTLS checks them then).
+            from tlsguard import sigcheck
+            unchecked = sigcheck.first_contact(hs, found, "the trust store's anchors for it do not verify this chain")
+            if not isinstance(unchecked, str):
+                return unchecked
         if len(self.pending) >= _PENDING_HOSTS:
             self.pending.pop(next(iter(self.pending)))
         self.pending[host] = found
         from tlsguard.diagnose import printable
         names = ", ".join("'%s'" % printable(Certificate(der).subject) for der in found)
         err = TLSError("untrusted_root", "anchor not loaded yet (first contact, or the server changed CA): "
-                       "found %s in the trust store; the next connection will verify with it" % names,
+                       "found %s in the trust store; the next connection will verify with it%s" % (names, unchecked),
                        host, None, "Connect again (tlsguard.connect does it by itself): first contact "
                        "with a host takes two handshakes, the first only shows the chain.")
         err.retry = True

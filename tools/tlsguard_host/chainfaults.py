@@ -65,6 +65,12 @@ def parse_fault(presented):
             if ext.critical and oid not in CRITICAL:
                 return depth, ("critical extension %s on %s is not supported by this build"
                                % (_oid_name(oid), _where(depth, cert)))
+            named = [p.policy_identifier.dotted_string for p in ext.value
+                     if p.policy_identifier.dotted_string != "2.5.29.32.0"] if oid == "2.5.29.32" else []
+            if ext.critical and named:
+                return depth, ("critical certificatePolicies extension on %s names policy %s: this build "
+                               "enforces only anyPolicy (2.5.29.32.0) in a critical one"
+                               % (_where(depth, cert), named[0]))
     return None
 
 
@@ -86,9 +92,10 @@ def name_path(chain, anchors=()):
         path.append(parent)
 
 
-def issuer_fault(chain):
-    """CA flag, keyCertSign and pathLen along the presented chain."""
-    path = name_path(chain)
+def issuer_fault(chain, anchors=()):
+    """CA flag, keyCertSign and pathLen along the presented chain, up to an anchor of the name
+    its top names (mbedTLS does not link an anchor that may not issue it)."""
+    path = name_path(chain, anchors)
     for i in range(1, len(path)):
         p = path[i]
         if p.version != x509.Version.v3 and i == len(path) - 1:
@@ -123,6 +130,32 @@ def signature_fault(chain, anchor):
             return i, ("bad signature on the certificate at depth %d '%s': it does not verify with the "
                        "key of its issuer '%s'" % (i, name(child), name(parent)))
     return None
+
+
+def untrusted_fault(chain, anchors, bundle=None):
+    """The device's words for a chain that reaches no anchor: (depth of the top of the chain as
+    mbedTLS links it, detail). bundle: (roots in the trust bundle, private roots) when the device
+    searches a trust store, None for cadata alone."""
+    path = name_path(chain)
+    depth, top = len(path) - 1, path[-1]
+    same_name = any(a.subject == top.issuer for a in anchors)
+    tail = ""
+    if bundle:
+        tail = "; " + ("the trust store's anchors for it do not verify this chain" if same_name else
+                       "it is not in the trust bundle (%d roots) nor in the %d private roots" % bundle)
+    if top.subject == top.issuer:
+        what = "self-signed certificate '%s' is not trusted" if depth == 0 else "root '%s' is not a trusted anchor"
+        return depth, what % name(top) + tail
+    detail = "no trusted root for issuer '%s'" % printable(top.issuer.rfc4514_string())
+    bc = _ext(top, x509.BasicConstraints)
+    if same_name:
+        detail += (" (a trusted root of that name is loaded but its key does not verify the signature: another "
+                   "CA with the same name, or a corrupted signature)")
+    elif bc is None or not bc.ca:
+        detail += " (the server sent no intermediate: it may be missing from its chain)"
+    if not anchors and not bundle:
+        detail += "; no trust anchors are loaded"
+    return depth, detail + tail
 
 
 def eku_fault(leaf):

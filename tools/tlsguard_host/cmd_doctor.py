@@ -24,7 +24,8 @@ WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 
 
 def load_anchors(args):
-    """[(certificate, where from)] the device would trust."""
+    """[(certificate, where from)] the device would trust: --cafile first (the device's cadata,
+    its private roots), then the trust bundle's."""
     anchors = []
     for path in args.cafile or ():
         anchors += [(c, path) for c in load_certs(path, "--cafile")]
@@ -79,22 +80,28 @@ def _dns_matches(pattern, name):
     return first != "" and tail == pattern[2:]
 
 
-def hostname_matches(cert, name):
-    """(matches, names the leaf carries, why not: worded as the device words it). Like the
-    device without cn_fallback: an IP matches IP SANs only, a name DNS SANs only, no CN."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return False, [cert.subject.rfc4514_string()], (
-            "it has no subjectAltName (a subject CN is used only with cn_fallback=True)")
-    dns = san.get_values_for_type(x509.DNSName)
-    ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
-    shown = chainfaults.printable(", ".join(["DNS:" + d for d in dns] + ["IP:" + a for a in ips]))
+def hostname_matches(cert, name, cn_fallback=False):
+    """(matches, names the leaf carries, why not: worded as the device words it). As the device:
+    an IP matches IP SANs only, a name DNS SANs only; with cn_fallback a leaf without any SAN
+    matches a name equal to one of its subject CNs (no wildcard)."""
     name = name.lower().rstrip(".")
     try:
         ip = str(ipaddress.ip_address(name))
     except ValueError:
         ip = None
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        cns = [a.value.lower() for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+               if isinstance(a.value, str)]
+        if cn_fallback and ip is None and name in cns:
+            return True, [cert.subject.rfc4514_string()], ""
+        return False, [cert.subject.rfc4514_string()], (
+            "it has no subjectAltName and its subject CN does not name '%s'" % name if cn_fallback else
+            "it has no subjectAltName (a subject CN is used only with cn_fallback=True)")
+    dns = san.get_values_for_type(x509.DNSName)
+    ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    shown = chainfaults.printable(", ".join(["DNS:" + d for d in dns] + ["IP:" + a for a in ips]))
     if ip is not None:
         return ip in ips, dns + ips, "it names %s; an IP address matches only an IP SAN" % shown
     return (any(_dns_matches(d, name) for d in dns), dns + ips, "it names %s, not '%s'" % (shown, name))
@@ -109,9 +116,9 @@ def _weakness(cert):
     return None
 
 
-def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), host=None):
+def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), host=None, bundle=None):
     """(kind or None, depth or None, reason), in the order the device meets the problems.
-    `names`: hostname_matches()."""
+    `names`: hostname_matches(); `bundle`: see chainfaults.untrusted_fault."""
     chain = presented.chain
     if not {"TLSv1.2", "TLSv1.3"}.intersection(versions + [presented.version]):
         return "weak_protocol", None, "the server accepts only %s" % (", ".join(versions) or "no version we tried")
@@ -125,21 +132,24 @@ def verdict(versions, presented, path, anchor, names, pins, now, anchors=(), hos
         weak = _weakness(c)
         if weak:
             return "bad_certificate", None, "'%s': %s" % (common_name(c.subject), weak)
-    for c in checked:
+    # Dates: the device names the certificate highest in the chain first, the clock beside it.
+    for depth in reversed(range(len(checked))):
+        c = checked[depth]
         if c.not_valid_before_utc > now:
-            return "not_yet_valid", None, "'%s' is valid from %s" % (common_name(c.subject), c.not_valid_before_utc.date())
-    fault = chainfaults.issuer_fault(chain)
+            return "not_yet_valid", depth, "certificate '%s' is valid from %s, device clock says %s" % (
+                chainfaults.name(c), c.not_valid_before_utc.date(), now.date())
+    fault = chainfaults.issuer_fault(chain, anchors)
     for a in anchors:
         fault = fault or chainfaults.signature_fault(chain, a)
     if fault:
         return ("bad_certificate",) + fault
     if anchor is None:
-        top = path[-1]
-        return "untrusted_root", None, "no trusted anchor for issuer '%s'%s" % (
-            common_name(top.issuer), "" if top.issuer != top.subject else " (self-signed)")
-    for c in checked:
+        return ("untrusted_root",) + chainfaults.untrusted_fault(chain, anchors, bundle)
+    for depth in reversed(range(len(checked))):
+        c = checked[depth]
         if c.not_valid_after_utc < now:
-            return "expired", None, "'%s' expired on %s" % (common_name(c.subject), c.not_valid_after_utc.date())
+            return "expired", depth, "certificate '%s' expired on %s (device clock %s)" % (
+                chainfaults.name(c), c.not_valid_after_utc.date(), now.date())
     if not names[0]:
         return "hostname_mismatch", 0, "the certificate is not valid for '%s': %s" % (host.lower().rstrip("."),
                                                                                     names[2])
@@ -175,7 +185,7 @@ def run(args):
     if not presented.chain:
         names, path, anchor = (False, [], ""), [], None
     else:
-        names = hostname_matches(presented.chain[0], name)
+        names = hostname_matches(presented.chain[0], name, args.cn_fallback)
         print("hostname: %s %s (certificate names: %s)" % (name, "matches" if names[0] else "DOES NOT match",
                                                             printable(", ".join(names[1]))))
         path, anchor = chain_to_anchor(presented.chain, anchors)
@@ -183,8 +193,10 @@ def run(args):
             print("chains to: %s (%s)" % (printable(anchor[0].subject.rfc4514_string()), anchor[1]))
         else:
             print("chains to: no trusted anchor among %d" % len(anchors))
+    private = sum(1 for _, source in anchors if source in (args.cafile or ()))
+    bundle = None if args.no_bundle else (len(anchors) - private, private)
     kind, depth, reason = verdict(versions, presented, path, anchor, names, args.pin, now,
-                                  [a for a, _ in anchors], name)
+                                  [a for a, _ in anchors], name, bundle)
     if kind:
         print("device would get: %s%s: %s" % (kind, "" if depth is None else " (certificate depth %d)" % depth,
                                               reason))
@@ -201,5 +213,7 @@ def register(sub):
     p.add_argument("--bundle", help="trust bundle (default certs/roots.bin, else certifi's roots)")
     p.add_argument("--no-bundle", action="store_true", help="trust only --cafile")
     p.add_argument("--pin", action="append", metavar="sha256/...", help="pins the device enforces")
+    p.add_argument("--cn-fallback", action="store_true",
+                   help="the device uses SecureContext(cn_fallback=True): a leaf without SAN may match by CN")
     p.add_argument("--timeout", type=float, default=10)
     p.set_defaults(func=run)
