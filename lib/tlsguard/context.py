@@ -333,12 +333,12 @@ def _host(name, mode):
 
 
 def _tcp(host, port, ai, timeout):
-    from tlsguard.tlssocket import _close
     sock = socket.socket(ai[0], socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(ai[-1])
     except OSError as e:
+        from tlsguard.tlssocket import _close
         _close(sock)
         raise TLSError("network", "cannot connect to %s:%d (%s)" % (host, port, e), host)
     return sock
