@@ -1,10 +1,12 @@
 """SecureContext against real local TLS servers (CPython ssl and openssl s_server): accepted
 chains, every diagnosis kind a user can hit, pins at each depth, modes, mutual TLS, asyncio."""
+import socket
 import ssl
 
 import pytest
 
 import pki
+from tlsguard_host import bundle
 from conftest import pyrepr
 
 CONNECT = """
@@ -207,15 +209,63 @@ def test_bad_mode_and_missing_hostname(mpy):
     assert "ValueError: server_hostname is required" in r.output
 
 
-def test_bad_cadata(mpy):
-    r = mpy.value("""
-import tlsguard
-try:
-    tlsguard.SecureContext(cadata=b"\\x30\\x03\\x02\\x01")
-except tlsguard.TLSError as e:
-    emit([e.kind, str(e)])
-""")
-    assert r[0] == "bad_certificate" and "cadata" in r[1] and "DER" in r[1]
+def test_bad_cadata(mpy, tmp_path, root_ca):
+    """A malformed cadata certificate is refused before anything reaches the server. Its outline
+    is checked before the first connection (connect(): before the TCP connection; wrap_socket():
+    before the handshake), not when the context is made, so that a context made at boot holds no
+    parser; a bad field inside a sound outline is named when mbedTLS refuses to load it, still
+    before the handshake; a trust store checks the roots at once."""
+    ca = pki.CA("bad time")
+    bad_time = bytearray(ca.der)
+    at = bad_time.index(b"\x17\x0d" + ca.cert.not_valid_before_utc.strftime("%y%m%d%H%M%SZ").encode())
+    bad_time[at + 4:at + 6] = b"13"  # notBefore in month 13
+    bad_version = bytearray(root_ca.der)
+    assert bad_version[8:13] == b"\xa0\x03\x02\x01\x02"  # v3, the TBSCertificate's first item
+    bad_version[12] = 7  # v8: the outline holds, mbedTLS and the full parse refuse it
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    (tmp_path / "roots.bin").write_bytes(bundle.build([pki.CA("bundle root").cert], 1780000000))
+    try:
+        r = mpy.value("""
+import socket, tlsguard
+def err(f):
+    try:
+        f()
+        return "no error"
+    except tlsguard.TLSError as e:
+        return [e.kind, str(e)]
+out = []
+for data in (b"\\x30\\x03\\x02\\x01", %s, %s):
+    ctx = tlsguard.SecureContext(cadata=data)  # not parsed yet
+    out.append(err(lambda: tlsguard.connect("localhost", %d, context=ctx)))
+    s = socket.socket()
+    s.connect(socket.getaddrinfo("localhost", %d)[0][-1])
+    out.append(err(lambda: ctx.wrap_socket(s, server_hostname="localhost")))
+    out.append(err(lambda: tlsguard.SecureContext(cadata=data, trust=tlsguard.TrustStore("roots.bin"))))
+emit(out)
+""" % (pyrepr(bytes(bad_time)), pyrepr(bytes(bad_version)), port, port))
+        listener.settimeout(5)
+        conns = []
+        # The wrap_socket calls connected, and connect() only for the bad version, which only
+        # mbedTLS's load (made after the TCP connection) refuses first; nothing was sent.
+        for _ in range(4):
+            conn = listener.accept()[0]
+            conns.append(conn.recv(100))
+            conn.close()
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+    assert conns == [b"", b"", b"", b""]
+    for kind, msg in r[:3]:
+        assert kind == "bad_certificate" and "cadata: DER: length 3 at offset 2 runs past the end" in msg, r
+    for kind, msg in r[3:6]:
+        assert kind == "bad_certificate" and "cadata: X.509: validity time out of range" in msg, r
+    for kind, msg in r[6:]:
+        assert kind == "bad_certificate" and "cadata: X.509: unknown version 8" in msg, r
 
 
 @pytest.mark.parametrize("versions", [(ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1),

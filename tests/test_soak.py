@@ -18,15 +18,15 @@ def test_soak_1000_cycles_with_broker_restart(tmp_path, broker, broker_pki, flee
                for f in fails), fails
     assert "failures %d" % len(fails) in out
     # Flat between checkpoints on either side of the restart. The first failure imports the
-    # diagnosis code once (a step of about 17 KB on this 64-bit port from source, diagnose.py and
-    # hints.py most of it; then flat again); the first checkpoints still hold the first
-    # handshake's one-time allocations.
+    # diagnosis code and the full certificate parser once (a step of about 25 KB on this 64-bit
+    # port from source, diagnose.py, hints.py and x509.py most of it; then flat again); the first
+    # checkpoints still hold the first handshake's one-time allocations.
     before = [s for s in samples if 200 <= s[0] <= 500]
     after = [s for s in samples if s[0] >= 600]
     for part in (before, after):
         heap = [s[1] for s in part]
         assert max(heap) - heap[0] < 512, samples
-    assert after[-1][1] - before[-1][1] < 20480, samples
+    assert after[-1][1] - before[-1][1] < 32768, samples
     assert after[-1][2] - samples[3][2] < 1024, samples  # RSS, KB: mbedTLS memory comes back
     # paho is cut off by the restart too and resubscribes about a second later: messages of that
     # window are lost to it (QoS 0); every one before and after reached it.

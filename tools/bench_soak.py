@@ -38,7 +38,8 @@ def main():
     print("| cycle | Python heap in use (bytes) | process RSS (KB) | elapsed (s) |")
     print("|---:|---:|---:|---:|")
     for cycle, heap, rss, ms in samples:
-        print("| %d | %d | %d | %.1f |" % (cycle, heap, rss, ms / 1000))
+        # No RSS when the process had already exited at the last checkpoint.
+        print("| %d | %d | %s | %.1f |" % (cycle, heap, "-" if rss is None else rss, ms / 1000))
     per = samples[-1][3] / CYCLES
     print("\nFailures while the broker restarted: %d (%s), each followed by a reconnect. "
           "Mean cycle: %.0f ms (TCP connect, mutual-TLS handshake, CONNECT/CONNACK, PUBLISH, DISCONNECT)."

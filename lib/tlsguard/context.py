@@ -2,12 +2,12 @@
 callback records the chain and enforces SPKI pins; every failure becomes a TLSError. With a trust
 store, it chooses the few anchors each host needs (remembered per host, or discovered from the
 chain a first handshake presents) and loads only those into mbedTLS."""
+import gc
 import socket
 
 from tlsguard import platform
 from tlsguard.errors import TLSError
 from tlsguard.pins import Pins
-from tlsguard.x509 import Certificate
 
 tls = platform.tls
 MODES = ("verify", "pin_only", "insecure")
@@ -28,17 +28,32 @@ def pem_blocks(data):
     return out
 
 
-def ca_certs(cadata, what):
-    """DER of every certificate in `cadata` (DER or PEM, or a list of them); TLSError if one
-    does not parse."""
+def der_certs(cadata):
+    """DER of every certificate in `cadata` (DER or PEM, or a list of them), not parsed."""
     out = []
     for item in cadata if isinstance(cadata, (list, tuple)) else [cadata]:
-        for der in pem_blocks(item):
-            try:
-                Certificate(der)
-            except ValueError as e:
-                raise TLSError("bad_certificate", "%s: %s" % (what, e))
-            out.append(der)
+        out.extend(pem_blocks(item))
+    return out
+
+
+def check_certs(ders, what, full=True):
+    """TLSError naming `what` if one of the certificates `ders` does not parse (full: every
+    field, x509; else its outline, certfields)."""
+    if full:
+        from tlsguard.x509 import Certificate as check
+    else:
+        from tlsguard.certfields import outline as check
+    for der in ders:
+        try:
+            check(der)
+        except ValueError as e:
+            raise TLSError("bad_certificate", "%s: %s" % (what, e))
+
+
+def ca_certs(cadata, what):
+    """DER of every certificate in `cadata`; TLSError if one does not parse."""
+    out = der_certs(cadata)
+    check_certs(out, what)
     return out
 
 
@@ -89,9 +104,8 @@ class SecureContext:
             from tlsguard.timesync import ClockPolicy
             self.clock = ClockPolicy(time_servers, trust, resync, floor_fallback, **(time_options or {}))
         self.pins = pins if isinstance(pins, Pins) else Pins(pins)
-        self.anchors = []
-        if cadata:
-            self.anchors = ca_certs(cadata, "cadata")
+        self.anchors = der_certs(cadata) if cadata else []
+        self._checked = 0  # how far cadata was checked: see _check_cadata
         self.identity = None
         if identity:
             # This mbedTLS build parses DER only, one certificate per call: the leaf is what the
@@ -105,10 +119,21 @@ class SecureContext:
         self._store_gen = None
         self._given = (self.anchors, self.identity, self.pins, trust, anchor_cache)
 
+    def _check_cadata(self, full=False):
+        """Refuse a malformed cadata certificate (TLSError bad_certificate) before it is used: its
+        outline before the first connection, every field before a trust store or a diagnosis
+        reads them. Not when the context is made: the full parser (x509, 7 KB of heap from .mpy)
+        then loads only on a path that needs it, never on a successful pinned handshake."""
+        level = 2 if full else 1
+        if self._checked < level:
+            check_certs(self.anchors, "cadata", full)
+            self._checked = level
+
     def _use_trust(self, trust, anchor_cache):
         self.trust = trust
         self._policy = None
         if trust is not None:
+            self._check_cadata(True)
             from tlsguard.trustpolicy import TrustPolicy
             self._policy = TrustPolicy(trust, self.anchors, anchor_cache or trust.path + ".hosts")
 
@@ -117,6 +142,10 @@ class SecureContext:
         store = self.store
         if store is None or store.generation == self._store_gen:
             return
+        # The set's objects outlive many handshakes: made after a collection, below the garbage
+        # (see wrap_socket), and the previous set's mbedTLS context is garbage by then.
+        self._idle = None
+        gc.collect()
         anchors, identity, pins, trust, cache = self._given
         active = store.active()
         if active is not None:
@@ -130,7 +159,6 @@ class SecureContext:
                 trust, cache = TrustStore(active.bundle_path), cache or store.path + ".hosts"
         self.anchors, self.identity, self.pins = anchors, identity, pins
         self._use_trust(trust, cache)
-        self._idle = None  # built with the previous set's identity and anchors
         self._store_gen = store.generation
 
     def _anchors_for(self, host, pinset):
@@ -152,7 +180,11 @@ class SecureContext:
             if not anchors and self._policy is not None:
                 anchors = (self._policy.no_anchor(),)
             for der in anchors:
-                ctx.load_verify_locations(der)
+                try:
+                    ctx.load_verify_locations(der)
+                except (ValueError, OSError) as e:
+                    self._check_cadata(True)  # names the fault if it is in cadata and ours sees it too
+                    raise TLSError("bad_certificate", "CA certificate refused by mbedTLS: %s" % e)
         elif self.mode == "pin_only":
             # Only a pinned leaf can pass like this: its key signs the key exchange.
             ctx.verify_mode = tls.CERT_OPTIONAL
@@ -168,10 +200,10 @@ class SecureContext:
         return ctx
 
     def _take_tls(self, anchors):
+        """The idle mbedTLS context if it was made with `anchors`, else None; either way no
+        longer kept, so that a stale one is garbage before a new one is made."""
         idle, self._idle = self._idle, None
-        if idle is not None and idle[0] == anchors:
-            return idle[1]
-        return self._new_tls(anchors)
+        return idle[1] if idle is not None and idle[0] == anchors else None
 
     def _release_tls(self, ctx, hs):
         self._idle = (hs.anchors, ctx)
@@ -188,12 +220,11 @@ class SecureContext:
                     _reopen=None):
         """_reopen (connect() gives it): opens a new TCP connection to the same server, so that a
         failure can be diagnosed from the chain the server presents."""
-        # Connection code loads with the first connection: a context made at boot holds less heap.
-        from tlsguard.handshake import Handshake
-        from tlsguard.tlssocket import TLSSocket, _close
+        from tlsguard.tlssocket import _close
         if server_side:
             raise ValueError("SecureContext is client-side only: serve with tlsguard.ServerContext(store=...)")
         try:
+            self._check_cadata()
             host, ip = _host(server_hostname, self.mode)
             self._sync_store()
             if self.clock:
@@ -210,12 +241,25 @@ class SecureContext:
             print("tlsguard: WARNING: mode='insecure': %s is NOT authenticated (tests only)" % host)
         try:
             anchors, learned = self._anchors_for(host, pinset)
+            # Where mbedTLS allocates on the GC heap (rp2, stm32), its 16 KB input buffer needs a
+            # free run that no live object splits. Collecting the garbage left so far (a clock
+            # sync, trust store lookups, the last connection, a stale mbedTLS context) before
+            # making what outlives this handshake (the mbedTLS context first, the largest) and
+            # before loading the connection code (with the first connection: a context made at
+            # boot holds less heap) puts all of it in the lowest free blocks, not among mbedTLS's
+            # buffers.
+            ctx = self._take_tls(anchors)
+            gc.collect()
+            if ctx is None:
+                ctx = self._new_tls(anchors)
+            from tlsguard import floor  # noqa: F401 - for _verified, after the handshake
+            from tlsguard.handshake import Handshake
+            from tlsguard.tlssocket import TLSSocket
             hs = Handshake(host, ip, pinset, self.identity is not None, anchors, learned, self.mode,
                            self.cn_fallback)
             hs.generation = self._store_gen  # the credential set this handshake presents
             if _reopen is not None:
                 hs.refetch = (_reopen, self.ciphers)
-            ctx = self._take_tls(anchors)
             ctx.verify_callback = hs.callback if self.mode != "insecure" else None
             self.handshakes += 1
             # Made before mbedTLS allocates its buffers: where those are on the GC heap (rp2,
@@ -246,6 +290,9 @@ class SecureContext:
         does not authenticate, may roll back). A chain the set refuses never counts, whatever
         an older set would say of it: an attacker holding a key an update revoked presents
         exactly such a chain."""
+        # What the diagnosis keeps (anchors a trust store found, modules it loads) is made in the
+        # lowest free blocks, not where mbedTLS's buffers were: see wrap_socket.
+        gc.collect()
         err = self._diagnose(exc, hs)
         if self._pin_cas is not None:
             err = self._pin_cas.failed(hs, err)
@@ -256,6 +303,7 @@ class SecureContext:
         return err
 
     def _diagnose(self, exc, hs):
+        self._check_cadata(True)
         floor = platform.clock_floor(self.trust)
         if self._policy is not None and self.mode == "verify":
             return self._policy.diagnose(exc, hs, floor)
@@ -285,12 +333,12 @@ def _host(name, mode):
 
 
 def _tcp(host, port, ai, timeout):
-    from tlsguard.tlssocket import _close
     sock = socket.socket(ai[0], socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(ai[-1])
     except OSError as e:
+        from tlsguard.tlssocket import _close
         _close(sock)
         raise TLSError("network", "cannot connect to %s:%d (%s)" % (host, port, e), host)
     return sock
@@ -304,6 +352,7 @@ def connect(host, port, context=None, timeout=10):
         raise ValueError("connect() needs a context (tlsguard.SecureContext)")
     from tlsguard import hostname
     host = hostname.normalize(host)
+    context._check_cadata()  # before the TCP connection
     try:
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     except OSError as e:

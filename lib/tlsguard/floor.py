@@ -82,17 +82,9 @@ def evidence(leaf, now_secs):
     if leaf is None or (_evidence_at is not None and 0 <= now_secs - _evidence_at < STEP):
         return
     _evidence_at = now_secs
-    from tlsguard import der
-    from tlsguard.x509 import _time
+    from tlsguard.certfields import not_before
     try:
-        end = len(leaf)
-        cs, ce = der.expect(leaf, 0, end, 0x30, "Certificate")
-        pos, te = der.expect(leaf, cs, ce, 0x30, "TBSCertificate")
-        if leaf[pos] == 0xA0:
-            pos = der.item(leaf, pos, te)[2]
-        for _ in range(3):  # serialNumber, signature, issuer
-            pos = der.item(leaf, pos, te)[2]
-        vs, ve = der.expect(leaf, pos, te, 0x30, "validity")
-        raise_to(now_secs if _vouched else _time(leaf, vs, ve)[0])
+        start = not_before(leaf)
     except ValueError:
-        pass
+        return
+    raise_to(now_secs if _vouched else start)

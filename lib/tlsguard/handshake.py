@@ -1,9 +1,9 @@
 """Handshake: what the verify callback sees and decides during one handshake (chain, pins, the
 leaf's names)."""
 from tlsguard import hostname
+from tlsguard.certfields import subject_spki
 from tlsguard.errors import TLSError
 from tlsguard.pins import spki_digest
-from tlsguard.x509 import subject_spki
 
 # MBEDTLS_ERR_X509_FATAL_ERROR: unlike a verify failure, CERT_OPTIONAL does not swallow it, so a
 # pin veto ends the handshake in every mode.

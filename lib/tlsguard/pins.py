@@ -3,8 +3,6 @@ pin sets per host (exact name or '*.example.com', one label) with an optional ex
 import binascii
 import hashlib
 
-from tlsguard.x509 import Certificate, days_from_civil
-
 PREFIX = "sha256/"
 
 
@@ -14,6 +12,7 @@ def spki_digest(spki_der):
 
 def spki_pin(cert_der):
     """The pin of a certificate (DER): 'sha256/...'."""
+    from tlsguard.x509 import Certificate
     spki = Certificate(cert_der).spki
     return PREFIX + binascii.b2a_base64(spki_digest(spki)).decode().strip()
 
@@ -42,6 +41,7 @@ class PinSet:
             raise ValueError("a pin set needs at least one pin")
         self.digests = [_decode(p) for p in self.pins]
         if isinstance(expires, tuple):
+            from tlsguard.certfields import days_from_civil
             expires = days_from_civil(*expires) * 86400
         self.expires = expires
         self.warning = None

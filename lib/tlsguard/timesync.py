@@ -3,6 +3,7 @@ reply, combines servers, keeps to the polling rules and steps the clock, never b
 floor; a step that would turn pins off (past a pin set's expiry) or move a sane clock far needs
 `quorum` independent servers to agree. Plus the clock policy SecureContext runs before a
 handshake. Owns sync_time (clock_floor lives in platform, the persisted floor in floor)."""
+import gc
 import os
 import random
 import socket
@@ -370,6 +371,9 @@ class TimeSync:
             print("tlsguard: WARNING: clock stepped by %.1f s (limit %d s) on the word of %d agreeing servers"
                   % (best.offset / _S, self.jump_limit, agreeing))
         clock.set_us(clock.now_us() + best.offset)
+        # What outlives the sync (hold times, `last`) is made below its garbage, collected first:
+        # left above it, it would split the heap the TLS connection that follows needs.
+        gc.collect()
         # Hold times were stamped on the old clock; move them with it.
         shift = best.offset // _S
         for s in _servers.values():

@@ -4,7 +4,6 @@ import io
 import select
 
 from tlsguard.errors import TLSError
-from tlsguard.x509 import Certificate
 
 _POLL = 3
 _GOOD_VERSIONS = ("TLSv1.2", "TLSv1.3")
@@ -128,6 +127,7 @@ class TLSSocket(io.IOBase):
     @property
     def peer(self):
         """The server's certificate (Certificate) once the handshake is done."""
+        from tlsguard.x509 import Certificate
         return Certificate(self.peer_der) if self.peer_der else None
 
     def ioctl(self, req, arg):

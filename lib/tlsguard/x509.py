@@ -2,6 +2,7 @@
 subject, issuer, serial, not_valid_before/after (seconds since 1970), spki, dns_names,
 ip_addresses, is_ca. Raw DER of names and key is kept for matching and pinning."""
 from tlsguard import der
+from tlsguard.certfields import outline, subject_spki  # noqa: F401 - subject_spki: for importers of x509
 
 # OID, name pairs: a constant tuple takes no heap when frozen (a dict would be built at import).
 _NAMES = (
@@ -20,52 +21,6 @@ def _attr_name(oid):
 
 _SAN = b"\x55\x1d\x11"
 _BASIC = b"\x55\x1d\x13"
-
-
-def days_from_civil(y, m, d):
-    """Days since 1970-01-01 of a proleptic Gregorian date (valid far past 2038 and 2106)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 719468
-
-
-_MONTH_DAYS = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"
-
-
-def _digits(buf, start, n):
-    v = 0
-    for i in range(start, start + n):
-        c = buf[i] - 48
-        if not 0 <= c <= 9:
-            raise ValueError("X.509: bad digit in time at offset %d" % i)
-        v = v * 10 + c
-    return v
-
-
-def _time(buf, pos, end):
-    """UTCTime or GeneralizedTime (DER forms, 'Z' only) as seconds since 1970; returns (secs, next)."""
-    tag, s, e = der.item(buf, pos, end)
-    if tag == 0x17 and e - s == 13:
-        y = _digits(buf, s, 2)
-        y += 1900 if y >= 50 else 2000
-        s += 2
-    elif tag == 0x18 and e - s == 15:
-        y = _digits(buf, s, 4)
-        s += 4
-    else:
-        raise ValueError("X.509: bad validity time at offset %d" % pos)
-    if buf[e - 1] != 0x5A:
-        raise ValueError("X.509: validity time not in UTC at offset %d" % pos)
-    mo, d, h, mi, sec = (_digits(buf, s + 2 * i, 2) for i in range(5))
-    leap = mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
-    if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo - 1] + leap and h < 24 and mi < 60 and sec < 60):
-        raise ValueError("X.509: validity time out of range at offset %d" % pos)
-    return days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec, e
-
-
 _PRINTABLE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
 
 
@@ -129,23 +84,6 @@ def name_str(buf, start, stop):
     return ",".join(rdns)
 
 
-def _algorithm(buf, pos, end):
-    """Check an AlgorithmIdentifier (OID, optional parameters) at pos; return where it ends."""
-    s, e = der.expect(buf, pos, end, 0x30, "AlgorithmIdentifier")
-    _, p = der.expect(buf, s, e, 0x06, "algorithm")
-    if p < e and der.item(buf, p, e)[2] != e:
-        raise ValueError("X.509: trailing bytes in AlgorithmIdentifier at offset %d" % pos)
-    return e
-
-
-def _bits(buf, pos, end, what):
-    """Check a BIT STRING of whole bytes (keys, signatures); return where it ends."""
-    s, e = der.expect(buf, pos, end, 0x03, what)
-    if s == e or buf[s] != 0:
-        raise ValueError("X.509: bad %s BIT STRING at offset %d" % (what, pos))
-    return e
-
-
 def ip_text(raw):
     """An IP address (4 or 16 bytes) as text, IPv6 in its RFC 5952 form; None for another length."""
     if len(raw) == 4:
@@ -174,24 +112,6 @@ def _ip(raw, pos):
     return text
 
 
-def subject_spki(data):
-    """(subject DN, SubjectPublicKeyInfo) of a certificate as memoryviews into `data`, reached by
-    skipping the fields before them: what pin checks and anchor references need during a
-    handshake, at a fraction of the heap of a full parse."""
-    end = len(data)
-    cs, ce = der.expect(data, 0, end, 0x30, "Certificate")
-    ts, te = der.expect(data, cs, ce, 0x30, "TBSCertificate")
-    pos = ts
-    if pos < te and data[pos] == 0xA0:
-        pos = der.item(data, pos, te)[2]
-    for _ in range(4):  # serialNumber, signature, issuer, validity
-        pos = der.item(data, pos, te)[2]
-    _, subject_end = der.expect(data, pos, te, 0x30, "subject")
-    _, spki_end = der.expect(data, subject_end, te, 0x30, "subjectPublicKeyInfo")
-    mv = memoryview(data)
-    return mv[pos:subject_end], mv[subject_end:spki_end]
-
-
 class Certificate:
     """One parsed certificate. Raises ValueError for anything that is not a well-formed DER
     certificate, including trailing bytes."""
@@ -199,62 +119,26 @@ class Certificate:
     def __init__(self, data):
         buf = bytes(data)
         self.der = buf
-        end = len(buf)
-        cs, ce = der.expect(buf, 0, end, 0x30, "Certificate")
-        if ce != end:
-            raise ValueError("X.509: %d trailing bytes after the certificate at offset %d" % (end - ce, ce))
-        ts, te = der.expect(buf, cs, ce, 0x30, "TBSCertificate")
-        se = _algorithm(buf, te, ce)
-        if _bits(buf, se, ce, "signature") != ce:
-            raise ValueError("X.509: trailing bytes inside the certificate at offset %d" % se)
-        pos = ts
+        version, serial, self._issuer, times, self._subject, self._spki, ext = outline(buf)
         self.version = 1
-        tag, s, e = der.item(buf, pos, te)
-        if tag == 0xA0:
-            vs, ve = der.expect(buf, s, e, 0x02, "version")
-            if ve != e:
-                raise ValueError("X.509: bad version field at offset %d" % pos)
+        if version is not None:
+            vs, ve = der.expect(buf, version[0], version[1], 0x02, "version")
+            if ve != version[1]:
+                raise ValueError("X.509: bad version field at offset %d" % vs)
             self.version = der.integer(buf, vs, ve) + 1
             if self.version not in (2, 3):  # v1 is encoded by leaving the field out
                 raise ValueError("X.509: unknown version %d at offset %d" % (self.version, vs))
-            pos = e
-        s, e = der.expect(buf, pos, te, 0x02, "serialNumber")
-        self.serial = der.integer(buf, s, e)
-        pos = _algorithm(buf, e, te)
-        self._issuer = self._span(pos, te, "issuer")
-        vs, ve = der.expect(buf, self._issuer[1], te, 0x30, "validity")
-        self.not_valid_before, p = _time(buf, vs, ve)
-        self.not_valid_after, p = _time(buf, p, ve)
-        if p != ve:
-            raise ValueError("X.509: trailing bytes in validity at offset %d" % p)
-        self._subject = self._span(ve, te, "subject")
-        self._spki = self._span(self._subject[1], te, "subjectPublicKeyInfo")
-        ks, ke = der.expect(buf, self._spki[0], te, 0x30, "subjectPublicKeyInfo")
-        ks = _algorithm(buf, ks, ke)
-        if _bits(buf, ks, ke, "subjectPublicKey") != ke:
-            raise ValueError("X.509: trailing bytes in subjectPublicKeyInfo at offset %d" % ks)
+        self.serial = der.integer(buf, serial[0], serial[1])
+        self.not_valid_before, self.not_valid_after = times
         self.dns_names = []
         self.ip_addresses = []
         self.is_ca = False
         self.path_length = None
-        # Optional tail, in this order and at most once each: issuerUniqueID, subjectUniqueID, extensions.
-        pos = self._spki[1]
-        for want in (0x81, 0x82, 0xA3):
-            if pos < te and self.der[pos] == want:
-                _, s, e = der.item(buf, pos, te)
-                if want == 0xA3:
-                    self._extensions(s, e)
-                pos = e
-        if pos != te:
-            raise ValueError("X.509: unexpected field 0x%02x at offset %d" % (buf[pos], pos))
+        if ext is not None:
+            self._extensions(ext[0], ext[1])
         # Names are checked now so that later reads cannot fail.
         self.subject = name_str(buf, self._subject[0] + self._hdr(self._subject), self._subject[1])
         self.issuer = name_str(buf, self._issuer[0] + self._hdr(self._issuer), self._issuer[1])
-
-    def _span(self, pos, end, what):
-        """(start, stop) of the whole item at pos, header included."""
-        s, e = der.expect(self.der, pos, end, 0x30, what)
-        return pos, e
 
     def _hdr(self, span):
         return der.item(self.der, span[0], span[1])[1] - span[0]
