@@ -428,15 +428,15 @@ def test_first_contact_with_good_signatures_still_retries(kind, mpy, serve, root
     assert second is None
 
 
-CANNOT_CHECK = ("; this device cannot check the signature at depth 0 (ecdsa-with-SHA384) itself: the next "
-                "connection will tell whether it verifies")
+CANNOT_CHECK = ("; this device cannot check the signature at depth 0 (an EC key on curve 1.3.132.0.35) itself: "
+                "the next connection will tell whether it verifies")
 
 
 @pytest.mark.parametrize("broken", [False, True])
-def test_first_contact_signature_the_device_cannot_hash(broken, mpy, serve, root, inter, trust):
-    """MicroPython's hashlib has no SHA-384: the first error says the signature was not checked
-    and retries; the verifying handshake tells."""
-    leaf = inter.issue(sig="sha384")
+def test_first_contact_signature_the_device_cannot_check(broken, mpy, serve, root, trust):
+    """A P-521 issuer (tlsguard's own EC code knows P-256 and P-384): the first error says the
+    signature was not checked and retries; the verifying handshake tells."""
+    leaf = root.intermediate("p521 inter", kind="ec521").issue(kind="ec")
     srv = serve(pki.bad_signature(leaf) if broken else leaf)
     first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
     assert first[0] == "untrusted_root" and first[3] and first[2].endswith(CANNOT_CHECK), first
@@ -444,6 +444,22 @@ def test_first_contact_signature_the_device_cannot_hash(broken, mpy, serve, root
         assert second[:2] == ["bad_certificate", 0] and second[2].startswith("bad signature on the certificate "
                                                                             "at depth 0"), second
     else:
+        assert second is None
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_first_contact_sha384_checked_by_tlsguards_own_hash(broken, mpy, serve, root, inter, trust):
+    """hashlib has no SHA-384 either, but the ECDSA chains of the big public CAs sign with it
+    (Let's Encrypt's E5/E6): tlsguard.sha512 hashes it, so a bad one is named at once."""
+    leaf = inter.issue(sig="sha384")
+    srv = serve(pki.bad_signature(leaf) if broken else leaf)
+    first, second = device(mpy, FIRST % (trust, srv.port, srv.port))
+    if broken:
+        assert first[:2] == ["bad_certificate", 0] and not first[3], first
+        assert first[2].startswith("bad signature on the certificate at depth 0"), first
+    else:
+        assert first[0] == "untrusted_root" and first[3] and first[2].endswith("the next connection will verify "
+                                                                               "with it"), first
         assert second is None
 
 

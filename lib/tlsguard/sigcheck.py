@@ -108,7 +108,7 @@ def _ecdsa(curve, point, digest, sig):
 def verify(child, spki):
     """True when the key `spki` (SubjectPublicKeyInfo DER) verifies the signature of `child`
     (certificate DER), False when it does not, or a str naming what this device cannot check
-    (its hashlib has no SHA-384, say)."""
+    (its hashlib has no SHA-224, say)."""
     try:
         tbs, alg, sig = _signed(child)
         key_alg, param, key = _key(spki)
@@ -116,6 +116,9 @@ def verify(child, spki):
         if name is None:
             return alg
         h = getattr(hashlib, name, None)
+        if h is None and name in ("sha384", "sha512"):
+            from tlsguard import sha512  # not in MicroPython's hashlib: the Python one
+            h = getattr(sha512, name)
         if h is None:
             return _get(_SIGS, alg, 3, 2)
         rsa_sig = alg.startswith("1.2.840.113549.")
