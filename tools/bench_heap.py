@@ -143,6 +143,11 @@ class Failed(Exception):
     """A run failed for something other than memory: reported in its cell, the bench exits 1."""
 
 
+class Fragmented(Failed):
+    """A heap size above the smallest that works fails again: reported in its cell; the bench
+    exits 1 for it on the 32-bit builds (they predict boards), not on the 64-bit one."""
+
+
 def last_line(out):
     return ([x for x in out.strip().splitlines() if x.strip()] or ["no output"])[-1].strip()
 
@@ -201,7 +206,7 @@ class Bench:
         for above in range(hi + 4, hi + 17, 4):
             ok, _, out = self.run(exe, path, script, above, args)
             if not ok:
-                raise Failed("%d KB, but fails again in %d KB: %s" % (hi, above, last_line(out)))
+                raise Fragmented("%d KB, but fails again in %d KB: %s" % (hi, above, last_line(out)))
         return hi
 
 
@@ -270,7 +275,8 @@ def main():
         srv.close()
         shutil.rmtree(work, ignore_errors=True)
     report(rows)
-    failed = [v for r in rows.values() for v in r.values() if isinstance(v, Failed)]
+    failed = [v for n, r in rows.items() for v in r.values()
+              if isinstance(v, Failed) and not (n == "pypi" and isinstance(v, Fragmented))]
     return 1 if failed or any(met(rows, k, n) is False for n in rows for k in rows[n]) else 0
 
 
