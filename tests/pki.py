@@ -192,12 +192,13 @@ class CA(Issued):
 
 
 def _sign(builder, key, sig="sha256"):
-    """sig: "sha256", "sha384"; "pss" (RSA-PSS, which this mbedTLS build lacks: it refuses
+    """sig: "sha256", "sha384", "sha224" (below mbedTLS's profile); "pss" (RSA-PSS, which this mbedTLS build lacks: it refuses
     the certificate); "sha3" (SHA3-256, whose OID mbedTLS does not know: it skips the certificate)."""
     if sig == "pss":
         return builder.sign(key, hashes.SHA256(), rsa_padding=padding.PSS(
             mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH))
-    return builder.sign(key, {"sha3": hashes.SHA3_256(), "sha384": hashes.SHA384()}.get(sig, hashes.SHA256()))
+    return builder.sign(key, {"sha3": hashes.SHA3_256(), "sha384": hashes.SHA384(), "sha224": hashes.SHA224()}.get(
+        sig, hashes.SHA256()))
 
 
 def self_signed_leaf(hosts=("localhost", "127.0.0.1"), kind="ec", **kw):

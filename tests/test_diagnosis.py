@@ -447,6 +447,14 @@ def test_first_contact_signature_the_device_cannot_check(broken, mpy, serve, roo
         assert second is None
 
 
+def test_a_hash_below_the_profile_is_named(mpy, serve, root, inter):
+    """mbedTLS's certificate profile refuses SHA-224: its report is passed on, one flag per clause."""
+    srv = serve(inter.issue(sig="sha224"))
+    got = device(mpy, "emit(wrap(%d, tlsguard.SecureContext(cadata=%s)))" % (srv.port, pyrepr(root.der)))
+    assert got[0] == "bad_certificate" and "signed with an unacceptable hash" in got[2], got
+    assert "; ;" not in got[2] and not got[3], got
+
+
 @pytest.mark.parametrize("broken", [False, True])
 def test_first_contact_sha384_checked_by_tlsguards_own_hash(broken, mpy, serve, root, inter, trust):
     """hashlib has no SHA-384 either, but the ECDSA chains of the big public CAs sign with it

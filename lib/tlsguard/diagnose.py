@@ -253,6 +253,8 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
         exc = ValueError(text)
     if isinstance(exc, ValueError):
         text = str(exc)
+        # mbedTLS's verify report: one flag per line, some lines empty.
+        said = printable("; ".join(line.strip() for line in text.split("\n") if line.strip()))
         if now < floor and ("future" in text or "expired" in text):
             return _clock_unset(host, now, floor)
         # Our name check (hs.misnamed) counts as mbedTLS's own, which is looser on some names.
@@ -275,9 +277,9 @@ def diagnose(exc, hs, anchors=(), note=None, floor=platform.RELEASE_FLOOR, first
                     err.detail += _SKIPPED
                 return err
             if kind == "usage":
-                return _usage(hs, host, printable(text.strip().replace("\n", "; ")))
-            return TLSError(kind, printable(text.strip().replace("\n", "; ")), host)
-        return TLSError("bad_certificate", printable(text.strip().replace("\n", "; ")), host)
+                return _usage(hs, host, said)
+            return TLSError(kind, said, host)
+        return TLSError("bad_certificate", said, host)
     if isinstance(exc, OSError):
         if code in _PEER_ENDED and hs is not None and hs.chain:
             # The server's chain passed; what it refused is us.
