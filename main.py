@@ -428,8 +428,8 @@ class WebUI:
         if self.device.store is None:
             raise HTTPError(404, "this device has no credential store")
         if not self.device.lock.acquire(0):
-            raise HTTPError(503, "the credential store is busy (a renewal or an update is being applied): "
-                                 "try again shortly")
+            raise HTTPError(503, "the credential store is busy (a renewal, an update, or a broker connection "
+                                 "that may confirm one is in progress): try again shortly")
         try:
             version = self.device.store.apply(req.body, key=self.device.key, device=self.device.id)
             self.device.store.activate()
